@@ -1,0 +1,118 @@
+"""Checkpoint schedule, orbax storage with content hashes, and loading for probes.
+
+Layout inside a run directory:
+    checkpoints/<step>/...      orbax CheckpointManager (every checkpoint kept)
+    checkpoints.jsonl           {"step", "sha256"} per checkpoint: hash of the params' bytes
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from topicdyn.config import Config, TrainConfig, load_config
+
+
+def checkpoint_steps(tc: TrainConfig) -> list[int]:
+    """Sorted checkpoint steps: 0, log-spaced up to ckpt_linear_from, then every ckpt_every,
+    and the last step. `ckpt_steps` replaces the schedule (0 and the last step are added)."""
+    if tc.ckpt_steps:
+        steps = set(tc.ckpt_steps)
+    else:
+        hi = min(tc.ckpt_linear_from, tc.steps)
+        steps = set()
+        if tc.ckpt_log_points > 0:
+            steps |= {int(round(x)) for x in np.geomspace(1, hi, tc.ckpt_log_points)}
+        steps |= set(range(hi, tc.steps + 1, tc.ckpt_every))
+    return sorted(steps | {0, tc.steps})
+
+
+def params_hash(params) -> str:
+    """sha256 over every parameter array's name, shape, dtype and bytes."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        a = np.asarray(leaf)
+        h.update(f"{jax.tree_util.keystr(path)}|{a.shape}|{a.dtype}|".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+class Checkpointer:
+    """Saves and restores {"params", "opt_state"} trees of one run with orbax."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir).absolute()
+        self.index = self.run_dir / "checkpoints.jsonl"
+        opts = ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
+                                            enable_async_checkpointing=False)
+        self.manager = ocp.CheckpointManager(self.run_dir / "checkpoints", options=opts)
+
+    def save(self, step: int, state) -> str:
+        host = jax.device_get(state)
+        digest = params_hash(host.params)
+        self.manager.save(step, args=ocp.args.StandardSave(
+            {"params": host.params, "opt_state": host.opt_state}), force=True)
+        self.manager.wait_until_finished()
+        with self.index.open("a") as f:
+            f.write(json.dumps({"step": step, "sha256": digest}) + "\n")
+        return digest
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def restore(self, step: int, like):
+        """Restore into the structure (and dtypes) of `like`, a state of the same config."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                                {"params": like.params, "opt_state": like.opt_state})
+        got = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        return type(like)(got["params"], got["opt_state"])
+
+    def truncate_index(self, last_step: int) -> None:
+        """Drop index rows after `last_step` (a resumed run re-saves them)."""
+        if self.index.exists():
+            rows = [r for r in _read_jsonl(self.index) if r["step"] <= last_step]
+            self.index.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def close(self):
+        self.manager.close()
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def list_checkpoints(run_dir: str | Path) -> list[dict]:
+    """[{"step", "sha256"}] of a run, in step order (the latest row wins for a step)."""
+    p = Path(run_dir) / "checkpoints.jsonl"
+    rows = {r["step"]: r for r in _read_jsonl(p)} if p.exists() else {}
+    return [rows[s] for s in sorted(rows)]
+
+
+def load_params(run_dir: str | Path, step: int | None = None, verify: bool = True):
+    """(params, cfg) of checkpoint `step` (default: the latest). Every params leaf has a leading
+    seed axis of length cfg.train.n_seeds. With verify, the content hash is checked."""
+    from topicdyn.training import ensemble_seeds, init_state
+
+    cfg: Config = load_config(run_dir)
+    ck = Checkpointer(run_dir)
+    try:
+        steps = ck.steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoints in {run_dir}")
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise ValueError(f"step: no checkpoint at step {step}; available: {steps}")
+        like = jax.eval_shape(lambda: init_state(cfg, ensemble_seeds(cfg)))
+        state = ck.restore(step, like)
+    finally:
+        ck.close()
+    if verify:
+        want = {r["step"]: r["sha256"] for r in list_checkpoints(run_dir)}.get(step)
+        got = params_hash(jax.device_get(state.params))
+        if want is not None and want != got:
+            raise ValueError(f"checkpoint {step} of {run_dir}: content hash mismatch")
+    return state.params, cfg

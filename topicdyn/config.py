@@ -1,0 +1,467 @@
+"""Frozen, validated configuration objects and the named paper presets.
+
+A `Config` is five small frozen dataclasses (data, mask, model, optim, train). Every field is
+checked at construction; a bad value raises `ConfigError` naming the field and the allowed values,
+which the CLI turns into a one-line message and exit code 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and what is allowed."""
+
+
+def _check(ok: bool, name: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: must be {allowed}, got {value!r}")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _int_at_least(name: str, value, lo: int) -> None:
+    _check(_is_int(value) and value >= lo, name, f"an integer >= {lo}", value)
+
+
+def _prob(name: str, value) -> None:
+    _check(_is_num(value) and 0.0 <= value <= 1.0, name, "a probability in [0, 1]", value)
+
+
+def _positive(name: str, value) -> None:
+    _check(_is_num(value) and value > 0, name, "a number > 0", value)
+
+
+def _choice(name: str, value, options: tuple[str, ...]) -> None:
+    _check(value in options, name, "one of " + ", ".join(options), value)
+
+
+# Special-token ids come after the content words: word index == token id, so topic lookups can
+# never be off by the number of specials (the reference code's labelling bug, BRIEF §5).
+N_SPECIALS = 4  # [MASK], START, END, PAD
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """LDA generator (BRIEF §2). Vocabulary: content words 0..V-1, then [MASK], START, END, PAD."""
+
+    T: int = 10  # number of topics
+    v: int = 10  # words per topic
+    topic_words: str = "disjoint"  # disjoint | overlap | zipf | explicit
+    overlap: int = 0  # overlap mode: words shared by neighbouring topics
+    zipf_s: float = 1.0  # zipf mode: P(word rank r within its topic) ~ r^-s
+    beta: tuple[tuple[float, ...], ...] | None = None  # explicit mode: T x V topic-word matrix
+    prior: str = "dirichlet"  # dirichlet | k_topics
+    alpha: float = 0.1  # Dirichlet concentration (per topic)
+    k: int = 2  # k_topics prior: topics per document
+    k_weights: str = "dirichlet"  # k_topics prior: weights Dirichlet(alpha) over the k, or equal
+    N_min: int = 100
+    N_max: int = 150
+    start_end: bool = True  # wrap each document in START ... END
+    batch_size: int = 40
+
+    def __post_init__(self):
+        _int_at_least("data.T", self.T, 1)
+        _int_at_least("data.v", self.v, 1)
+        _choice("data.topic_words", self.topic_words, ("disjoint", "overlap", "zipf", "explicit"))
+        _check(_is_int(self.overlap) and 0 <= self.overlap < self.v, "data.overlap",
+               f"an integer in [0, v-1] = [0, {self.v - 1}]", self.overlap)
+        _positive("data.zipf_s", self.zipf_s)
+        if self.topic_words == "explicit":
+            b = self.beta
+            _check(b is not None and len(b) == self.T, "data.beta",
+                   f"a T x V matrix with T={self.T} rows for topic_words=explicit", b)
+            width = len(b[0])
+            for row in b:
+                _check(len(row) == width and all(_is_num(x) and x >= 0 for x in row)
+                       and abs(sum(row) - 1.0) < 1e-4, "data.beta",
+                       "rows of equal length with non-negative entries summing to 1", row)
+        elif self.beta is not None:
+            raise ConfigError(f"data.beta: only allowed with topic_words=explicit, got "
+                              f"topic_words={self.topic_words!r}")
+        _choice("data.prior", self.prior, ("dirichlet", "k_topics"))
+        _positive("data.alpha", self.alpha)
+        _check(_is_int(self.k) and 1 <= self.k <= self.T, "data.k",
+               f"an integer in [1, T] = [1, {self.T}]", self.k)
+        _choice("data.k_weights", self.k_weights, ("dirichlet", "equal"))
+        _int_at_least("data.N_min", self.N_min, 1)
+        _check(_is_int(self.N_max) and self.N_max >= self.N_min, "data.N_max",
+               f"an integer >= N_min = {self.N_min}", self.N_max)
+        _check(isinstance(self.start_end, bool), "data.start_end", "true or false", self.start_end)
+        _int_at_least("data.batch_size", self.batch_size, 1)
+
+    @property
+    def V(self) -> int:
+        """Number of content words."""
+        if self.topic_words == "explicit":
+            return len(self.beta[0])
+        if self.topic_words == "overlap":
+            return self.T * (self.v - self.overlap) + self.overlap
+        return self.T * self.v
+
+    @property
+    def n_vocab(self) -> int:
+        return self.V + N_SPECIALS
+
+    @property
+    def seq_len(self) -> int:
+        return self.N_max + (2 if self.start_end else 0)
+
+    @property
+    def MASK(self) -> int:
+        return self.V
+
+    @property
+    def START(self) -> int:
+        return self.V + 1
+
+    @property
+    def END(self) -> int:
+        return self.V + 2
+
+    @property
+    def PAD(self) -> int:
+        return self.V + 3
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """MLM corruption (BRIEF §3). The defaults are the reference code's conventions."""
+
+    p_mask: float = 0.15  # each content position is selected for the loss with this probability
+    p_replace_mask: float = 0.8  # a selected position shows [MASK] ...
+    p_replace_random: float = 0.1  # ... or a random token ...
+    p_keep: float = 0.1  # ... or its correct token
+    random_source: str = "all"  # random tokens from all ids (reference) or content words only
+    key_set: str = "unselected"  # keys = unselected positions (reference) | all visible positions
+
+    def __post_init__(self):
+        _prob("mask.p_mask", self.p_mask)
+        _check(self.p_mask > 0, "mask.p_mask", "> 0 (no selected position means no loss)",
+               self.p_mask)
+        for name in ("p_replace_mask", "p_replace_random", "p_keep"):
+            _prob(f"mask.{name}", getattr(self, name))
+        total = self.p_replace_mask + self.p_replace_random + self.p_keep
+        _check(abs(total - 1.0) < 1e-6, "mask.p_replace_mask+p_replace_random+p_keep",
+               "proportions summing to 1", round(total, 9))
+        _choice("mask.random_source", self.random_source, ("all", "content"))
+        _choice("mask.key_set", self.key_set, ("unselected", "all"))
+
+
+PARAM_GROUPS = ("embedding", "query", "key", "value", "decoder", "layernorm")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One-layer transformer variant (BRIEF §3). `init_*` override `init_scale` (a normal std)."""
+
+    name: str = "attention"  # a key of topicdyn.models.MODELS
+    d_model: int | None = None  # None: the vocabulary size (one-hot-compatible width)
+    n_heads: int = 1
+    embedding: str = "trained"  # trained | onehot
+    attention: str = "trained"  # trained | uniform (W^Q = W^K = 0, frozen)
+    value: str = "trained"  # trained | identity | topic_block
+    decoder: str = "trained"  # trained | identity | tied
+    residual: bool = False
+    layernorm: bool = False
+    loss: str = "ce"  # ce | squared
+    init_scale: float = 0.02  # std of the normal init of every trained matrix
+    init_embedding: float | None = None
+    init_query: float | None = None
+    init_key: float | None = None
+    init_value: float | None = None
+    init_decoder: float | None = None
+
+    def __post_init__(self):
+        if self.d_model is not None:
+            _int_at_least("model.d_model", self.d_model, 1)
+        _int_at_least("model.n_heads", self.n_heads, 1)
+        _choice("model.embedding", self.embedding, ("trained", "onehot"))
+        _choice("model.attention", self.attention, ("trained", "uniform"))
+        _choice("model.value", self.value, ("trained", "identity", "topic_block"))
+        _choice("model.decoder", self.decoder, ("trained", "identity", "tied"))
+        _check(isinstance(self.residual, bool), "model.residual", "true or false", self.residual)
+        _check(isinstance(self.layernorm, bool), "model.layernorm", "true or false",
+               self.layernorm)
+        _choice("model.loss", self.loss, ("ce", "squared"))
+        _check(_is_num(self.init_scale) and self.init_scale >= 0, "model.init_scale",
+               "a number >= 0", self.init_scale)
+        for g in ("embedding", "query", "key", "value", "decoder"):
+            s = getattr(self, f"init_{g}")
+            if s is not None:
+                _check(_is_num(s) and s >= 0, f"model.init_{g}", "a number >= 0 or null", s)
+
+    def init_std(self, group: str) -> float:
+        s = getattr(self, f"init_{group}", None)
+        return self.init_scale if s is None else s
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """optax optimiser; frozen groups are masked inside optax so they stay bit-identical."""
+
+    name: str = "adam"  # adam | adamw | sgd
+    lr: float = 0.01
+    schedule: str = "constant"  # constant | cosine | warmup_cosine | linear
+    warmup_steps: int = 0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    momentum: float = 0.0  # sgd only
+    weight_decay: float = 0.0  # adamw only
+    grad_clip: float | None = None  # global-norm clipping
+    group_lr: tuple[tuple[str, float], ...] = ()  # per-group learning-rate multipliers
+    freeze: tuple[str, ...] = ()  # extra frozen groups (on top of the model's fixed matrices)
+    unfreeze_at: tuple[tuple[str, int], ...] = ()  # (group, step): frozen until that step
+
+    def __post_init__(self):
+        _choice("optim.name", self.name, ("adam", "adamw", "sgd"))
+        _positive("optim.lr", self.lr)
+        _choice("optim.schedule", self.schedule, ("constant", "cosine", "warmup_cosine", "linear"))
+        _int_at_least("optim.warmup_steps", self.warmup_steps, 0)
+        for name in ("b1", "b2"):
+            v = getattr(self, name)
+            _check(_is_num(v) and 0 <= v < 1, f"optim.{name}", "a number in [0, 1)", v)
+        _positive("optim.eps", self.eps)
+        _check(_is_num(self.momentum) and 0 <= self.momentum < 1, "optim.momentum",
+               "a number in [0, 1)", self.momentum)
+        _check(_is_num(self.weight_decay) and self.weight_decay >= 0, "optim.weight_decay",
+               "a number >= 0", self.weight_decay)
+        if self.weight_decay > 0:
+            _check(self.name == "adamw", "optim.weight_decay",
+                   "0 unless optim.name=adamw (adam and sgd have no decoupled decay)",
+                   self.weight_decay)
+        if self.grad_clip is not None:
+            _positive("optim.grad_clip", self.grad_clip)
+        groups = "one of " + ", ".join(PARAM_GROUPS)
+        for g, m in self.group_lr:
+            _check(g in PARAM_GROUPS, "optim.group_lr", f"group names {groups}", g)
+            _check(_is_num(m) and m >= 0, "optim.group_lr", "multipliers >= 0", m)
+        for g in self.freeze:
+            _check(g in PARAM_GROUPS, "optim.freeze", groups, g)
+        for g, s in self.unfreeze_at:
+            _check(g in PARAM_GROUPS, "optim.unfreeze_at", f"group names {groups}", g)
+            _check(_is_int(s) and s >= 0, "optim.unfreeze_at", "steps >= 0", s)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Steps, seeds and the logging/checkpoint schedule."""
+
+    steps: int = 5000
+    seed: int = 0
+    n_seeds: int = 1  # ensemble members seed, seed+1, ..., trained together under vmap
+    log_every: int = 50
+    ckpt_log_points: int = 24  # log-spaced checkpoints in [1, ckpt_linear_from]
+    ckpt_linear_from: int = 500
+    ckpt_every: int = 500  # linear spacing after ckpt_linear_from
+    ckpt_steps: tuple[int, ...] = ()  # explicit checkpoint steps (replaces the schedule)
+    chunk: int = 50  # steps per compiled lax.scan chunk (capacity; shorter chunks are masked)
+
+    def __post_init__(self):
+        _int_at_least("train.steps", self.steps, 1)
+        _check(_is_int(self.seed) and 0 <= self.seed < 2**31, "train.seed",
+               "an integer in [0, 2^31)", self.seed)
+        _int_at_least("train.n_seeds", self.n_seeds, 1)
+        _int_at_least("train.log_every", self.log_every, 1)
+        _int_at_least("train.ckpt_log_points", self.ckpt_log_points, 0)
+        _int_at_least("train.ckpt_linear_from", self.ckpt_linear_from, 1)
+        _int_at_least("train.ckpt_every", self.ckpt_every, 1)
+        for s in self.ckpt_steps:
+            _check(_is_int(s) and 0 <= s <= self.steps, "train.ckpt_steps",
+                   f"steps in [0, steps={self.steps}]", s)
+        _int_at_least("train.chunk", self.chunk, 1)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "custom"
+
+    def __post_init__(self):
+        from topicdyn.models import MODELS  # late: models import config
+
+        _choice("model.name", self.model.name, tuple(sorted(MODELS)))
+        n_vocab, d = self.data.n_vocab, self.d_model
+        if self.model.embedding == "onehot":
+            _check(d >= n_vocab, "model.d_model",
+                   f">= vocabulary size {n_vocab} for one-hot embeddings", d)
+        if self.model.decoder == "identity":
+            _check(d >= n_vocab, "model.d_model",
+                   f">= vocabulary size {n_vocab} for an identity decoder", d)
+        _check(d % self.model.n_heads == 0, "model.n_heads", f"a divisor of d_model={d}",
+               self.model.n_heads)
+        if self.model.value == "topic_block":
+            _check(d >= self.data.V, "model.d_model",
+                   f">= number of content words {self.data.V} for a topic-block W^V", d)
+
+    @property
+    def d_model(self) -> int:
+        return self.model.d_model if self.model.d_model is not None else self.data.n_vocab
+
+    # ---- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        return _build(cls, d, "")
+
+
+_SECTIONS = {"data": DataConfig, "mask": MaskConfig, "model": ModelConfig,
+             "optim": OptimConfig, "train": TrainConfig}
+
+
+def _coerce(tp, value, name: str):
+    """Convert a JSON value (or a CLI string) to the annotated field type."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, name)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip().startswith("[") else \
+                [p for p in value.split(",") if p]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], x, name) for x in value)
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(_coerce(a, x, name) for a, x in zip(args, value))
+        raise ConfigError(f"{name}: must be a list of {len(args)} items, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        raise ConfigError(f"{name}: must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise ConfigError(f"{name}: must be an integer, got {value!r}") from None
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{name}: must be a number, got {value!r}") from None
+        return float(value) if _is_num(value) else value
+    if tp is str:
+        return str(value) if not isinstance(value, str) else value
+    return value
+
+
+def _build(cls, d: dict, prefix: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix or 'config'}: must be a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in d.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{full}: unknown field; allowed: {', '.join(sorted(names))}")
+        if cls is Config and key in _SECTIONS:
+            kwargs[key] = _build(_SECTIONS[key], value, f"{key}.")
+        else:
+            kwargs[key] = _coerce(hints[key], value, full)
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | dict) -> Config:
+    """Return `cfg` with dotted overrides applied, e.g. ["data.T=5", "train.steps=100"]."""
+    d = cfg.to_dict()
+    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    for key, value in items:
+        parts = key.split(".")
+        if len(parts) == 1 and parts[0] == "preset":
+            d["preset"] = value
+            continue
+        if len(parts) != 2 or parts[0] not in _SECTIONS:
+            raise ConfigError(f"{key}: overrides are SECTION.FIELD=VALUE with SECTION one of "
+                              f"{', '.join(_SECTIONS)}")
+        section, name = parts
+        if name not in {f.name for f in dataclasses.fields(_SECTIONS[section])}:
+            allowed = ", ".join(f.name for f in dataclasses.fields(_SECTIONS[section]))
+            raise ConfigError(f"{key}: unknown field; allowed in {section}: {allowed}")
+        if isinstance(value, str) and value.strip()[:1] in "[{":
+            value = json.loads(value)
+        d[section][name] = value
+    return Config.from_dict(d)
+
+
+def _split(o: str) -> tuple[str, str]:
+    if "=" not in o:
+        raise ConfigError(f"{o}: overrides must look like SECTION.FIELD=VALUE")
+    k, v = o.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a `config.json` written by a run (or by hand)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    try:
+        d = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config: file not found: {p}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config: {p} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    return Config.from_dict(d)
+
+
+# ---- the paper's regimes (BRIEF §3) ---------------------------------------------------------
+PRESETS: dict[str, dict[str, Any]] = {
+    # E: train the embedding; uniform attention, W^V = I, decoder = I.
+    "E": {"model.embedding": "trained", "model.attention": "uniform",
+          "model.value": "identity", "model.decoder": "identity"},
+    # V (stage 1): train W^V; one-hot embedding, uniform attention, decoder = I.
+    "V": {"model.embedding": "onehot", "model.attention": "uniform",
+          "model.value": "trained", "model.decoder": "identity"},
+    # A (stage 2): train W^K, W^Q; one-hot embedding, W^V = topic block, decoder = I.
+    "A": {"model.embedding": "onehot", "model.attention": "trained",
+          "model.value": "topic_block", "model.decoder": "identity"},
+    # F: train everything from a small init.
+    "F": {"model.embedding": "trained", "model.attention": "trained",
+          "model.value": "trained", "model.decoder": "trained", "model.init_scale": 0.02},
+}
+
+
+def preset(name: str, overrides: list[str] | dict | None = None) -> Config:
+    """The named regime on the reference defaults, plus optional dotted overrides."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset: must be one of {', '.join(PRESETS)}, got {name!r}")
+    d = dict(PRESETS[name])
+    d["preset"] = name
+    cfg = apply_overrides(Config(), d)
+    return apply_overrides(cfg, overrides) if overrides else cfg
