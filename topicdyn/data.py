@@ -56,6 +56,11 @@ def _categorical_icdf(u: jax.Array, cdf: jax.Array) -> jax.Array:
     return jnp.minimum(idx, cdf.shape[-1] - 1)
 
 
+def _uniform_int(u: jax.Array, n: int) -> jax.Array:
+    """Map u in [0, 1) to a uniform integer in [0, n)."""
+    return jnp.minimum(jnp.floor(u * n).astype(jnp.int32), n - 1)
+
+
 def sample_theta(key: jax.Array, cfg: DataConfig, batch: int) -> jax.Array:
     """(batch, T) topic proportions from the configured prior."""
     T = cfg.T
@@ -77,17 +82,20 @@ def sample_theta(key: jax.Array, cfg: DataConfig, batch: int) -> jax.Array:
 def sample_documents(key: jax.Array, cfg: DataConfig, batch: int | None = None) -> Documents:
     """Sample `batch` (default cfg.batch_size) LDA documents; see module doc for the layout."""
     B = cfg.batch_size if batch is None else batch
-    k_theta, k_len, k_z, k_w = jax.random.split(key, 4)
+    k_theta, k_u = jax.random.split(key)
     theta = sample_theta(k_theta, cfg, B)
-    length = jax.random.randint(k_len, (B,), cfg.N_min, cfg.N_max + 1)
     n = cfg.N_max
-    z = _categorical_icdf(jax.random.uniform(k_z, (B, n)), jnp.cumsum(theta, axis=1)[:, None, :])
+    # one uniform draw feeds every per-token choice: each jax.random call adds ~1 s of CPU
+    # compile time, and integers come from floor(u * range) (bias ~range/2^24, negligible)
+    u = jax.random.uniform(k_u, (3, B, n))
+    length = cfg.N_min + _uniform_int(u[2, :, 0], cfg.N_max - cfg.N_min + 1)
+    z = _categorical_icdf(u[0], jnp.cumsum(theta, axis=1)[:, None, :])
     if cfg.topic_words == "disjoint":
         # uniform disjoint topics: word = topic block offset + uniform index, no V-wide search
-        words = z * cfg.v + jax.random.randint(k_w, (B, n), 0, cfg.v)
+        words = z * cfg.v + _uniform_int(u[1], cfg.v)
     else:
         cdf = jnp.asarray(np.cumsum(topic_word_matrix(cfg), axis=1), jnp.float32)
-        words = _categorical_icdf(jax.random.uniform(k_w, (B, n)), cdf[z])
+        words = _categorical_icdf(u[1], cdf[z])
     words = words.astype(jnp.int32)
     z = z.astype(jnp.int32)
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from topicdyn.config import DataConfig, MaskConfig
-from topicdyn.data import Documents, sample_documents
+from topicdyn.data import Documents, _uniform_int, sample_documents
 
 # values of MLMBatch.kind
 NOT_SELECTED, SHOW_MASK, SHOW_RANDOM, SHOW_KEEP = 0, 1, 2, 3
@@ -35,16 +35,16 @@ class MLMBatch(NamedTuple):
 
 def corrupt(key: jax.Array, docs: Documents, data: DataConfig, mask: MaskConfig) -> MLMBatch:
     """Apply MLM selection and replacement to clean documents."""
-    k_sel, k_kind, k_rand = jax.random.split(key, 3)
-    shape = docs.tokens.shape
-    selected = docs.content & (jax.random.uniform(k_sel, shape) < mask.p_mask)
-    r = jax.random.uniform(k_kind, shape)
+    # a single uniform draw (see data.sample_documents on compile time)
+    u = jax.random.uniform(key, (3,) + docs.tokens.shape)
+    selected = docs.content & (u[0] < mask.p_mask)
+    r = u[1]
     kind = jnp.where(r < mask.p_replace_mask, SHOW_MASK,
                      jnp.where(r < mask.p_replace_mask + mask.p_replace_random,
                                SHOW_RANDOM, SHOW_KEEP))
     kind = jnp.where(selected, kind, NOT_SELECTED).astype(jnp.int32)
     hi = data.V if mask.random_source == "content" else data.n_vocab
-    rand_tok = jax.random.randint(k_rand, shape, 0, hi)
+    rand_tok = _uniform_int(u[2], hi)
     inputs = jnp.where(kind == SHOW_MASK, data.MASK,
                        jnp.where(kind == SHOW_RANDOM, rand_tok, docs.tokens)).astype(jnp.int32)
     key_mask = docs.valid & ~selected if mask.key_set == "unselected" else docs.valid

@@ -117,10 +117,12 @@ def loss_fn(params, batch, cfg: Config) -> jax.Array:
     return masked_loss(logits, batch, cfg)
 
 
-def group_norms(tree: dict) -> dict:
-    """{group: global L2 norm} of a params-shaped tree."""
+def group_norms(tree: dict, groups: set[str] | None = None) -> dict:
+    """{group: global L2 norm} of a params-shaped tree (only `groups`, if given)."""
     out = {}
     for name, sub in tree.items():
+        if groups is not None and PARAM_GROUP[name] not in groups:
+            continue
         leaves = jax.tree.leaves(sub)
         out[PARAM_GROUP[name]] = jnp.sqrt(sum(jnp.sum(x.astype(jnp.float32) ** 2) for x in leaves))
     return out
@@ -140,13 +142,15 @@ def init_state(cfg: Config, seeds: jax.Array) -> TrainState:
 def make_step(cfg: Config):
     """(state, seed, step) -> (state, metrics) for one ensemble member."""
     tx = make_optimizer(cfg)
+    # norms of frozen groups' gradients are not asked for, so XLA never computes those gradients
+    train = trainable_groups(cfg)
 
     def step_fn(state: TrainState, seed, step):
         batch = sample_batch(data_key(seed, step), cfg.data, cfg.mask)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, cfg)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state), {"loss": loss, "grad_norm": group_norms(grads)}
+        return TrainState(params, opt_state), {"loss": loss, "grad_norm": group_norms(grads, train)}
 
     return step_fn
 

@@ -1,0 +1,5 @@
+import sys
+
+from topicdyn.cli import main
+
+sys.exit(main())

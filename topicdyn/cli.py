@@ -1,0 +1,121 @@
+"""Command line: `topicdyn train | info` (later: probe, plot, report, sweep).
+
+Bad input exits with code 2 and one line on stderr; nothing already written is touched.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from topicdyn.config import PRESETS, Config, ConfigError, apply_overrides, load_config, preset
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's own convention)
+        self.exit(2, f"topicdyn: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="topicdyn", description="Training dynamics of tiny transformers on LDA data.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a preset or a config file (default: preset F)",
+                       description="Train. Overrides are SECTION.FIELD=VALUE, e.g. data.T=5 "
+                                   "train.steps=1000 train.n_seeds=4.")
+    t.add_argument("overrides", nargs="*", metavar="SECTION.FIELD=VALUE")
+    t.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="paper regime (E, V, A, F); default F unless --config is given")
+    t.add_argument("--config", type=Path, help="a config.json (e.g. from an earlier run)")
+    t.add_argument("--out", type=Path, help="run directory (default: runs/<preset>-s<seed>-<time>)")
+    t.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue RUN_DIR from its latest checkpoint, with its saved config")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    i = sub.add_parser("info", help="config, checkpoints and last metrics of a run")
+    i.add_argument("run_dir", type=Path)
+    return p
+
+
+def _config_from_args(a) -> Config:
+    if a.config is not None:
+        cfg = load_config(a.config)
+        if a.preset is not None:
+            raise ConfigError("preset: give either --preset or --config, not both")
+    else:
+        cfg = preset(a.preset or "F")
+    return apply_overrides(cfg, a.overrides) if a.overrides else cfg
+
+
+def cmd_train(a) -> int:
+    from topicdyn.run import train
+
+    if a.resume is not None:
+        if a.config or a.preset or a.overrides or a.out:
+            raise ConfigError("resume: --resume RUN_DIR takes the run's saved config; "
+                              "drop --preset/--config/--out/overrides")
+        run_dir = a.resume
+        if not (run_dir / "config.json").exists():
+            raise ConfigError(f"resume: {run_dir} is not a run directory (no config.json)")
+        cfg = load_config(run_dir)
+    else:
+        cfg = _config_from_args(a)
+        from topicdyn.run import default_run_dir
+        run_dir = a.out or default_run_dir(cfg)
+    print(f"run directory: {run_dir}", flush=True)
+    try:
+        train(cfg, run_dir, resume=a.resume is not None, progress=not a.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: topicdyn train --resume {run_dir}", file=sys.stderr)
+        return 130
+    _print_summary(run_dir)
+    print(f"done: {run_dir}")
+    return 0
+
+
+def _print_summary(run_dir: Path) -> None:
+    from topicdyn.run import read_metrics
+
+    rows = read_metrics(run_dir)
+    if rows:
+        first, last = rows[0], rows[-1]
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        print(f"loss (mean over seeds): step {first['step']}: {mean(first['loss']):.4f} -> "
+              f"step {last['step']}: {mean(last['loss']):.4f}")
+
+
+def cmd_info(a) -> int:
+    from topicdyn.checkpoint import list_checkpoints
+    from topicdyn.run import read_metrics
+
+    run_dir = a.run_dir
+    if not (run_dir / "config.json").exists():
+        raise ConfigError(f"run_dir: {run_dir} is not a run directory (no config.json)")
+    cfg = load_config(run_dir)
+    print(f"run: {run_dir}")
+    print(f"preset: {cfg.preset}  model: {cfg.model.name}  steps: {cfg.train.steps}  "
+          f"seeds: {cfg.train.n_seeds} (from {cfg.train.seed})")
+    print("config: " + json.dumps(cfg.to_dict(), sort_keys=True))
+    ck = list_checkpoints(run_dir)
+    print(f"checkpoints: {len(ck)}" + (f" (steps {ck[0]['step']}..{ck[-1]['step']}; latest "
+                                        f"sha256 {ck[-1]['sha256'][:16]})" if ck else ""))
+    rows = read_metrics(run_dir)
+    if rows:
+        print("last metrics: " + json.dumps(rows[-1]))
+    else:
+        print("last metrics: none yet")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"train": cmd_train, "info": cmd_info}[args.cmd](args)
+    except ConfigError as e:
+        print(f"topicdyn: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
