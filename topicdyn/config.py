@@ -382,7 +382,7 @@ def _coerce(tp, value, name: str):
 
 def _build(cls, d: dict, prefix: str):
     if not isinstance(d, dict):
-        raise ConfigError(f"{prefix or 'config'}: must be a mapping, got {d!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: must be a mapping, got {d!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}

@@ -76,8 +76,10 @@ class TopicTransformer(nn.Module):
             k = jnp.einsum("bld,hde->bhle", h, WK)
             scores = jnp.einsum("bhie,bhje->bhij", q, k) / np.sqrt(dh)
             self.sow("intermediates", "scores", scores)
-            scores = jnp.where(key_mask[:, None, None, :], scores, NEG_INF)
-            attn = jax.nn.softmax(scores, axis=-1)
+            keys = key_mask[:, None, None, :]
+            # the final where zeroes a query with no keys at all (short documents, every word
+            # selected); a bare softmax would spread it over PAD and selected positions
+            attn = jnp.where(keys, jax.nn.softmax(jnp.where(keys, scores, NEG_INF), axis=-1), 0.0)
         self.sow("intermediates", "attention", attn)
         out = _merge(jnp.einsum("bhij,bhje->bhie", attn, vals))  # (B, L, d)
         if m.residual:

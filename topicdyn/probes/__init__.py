@@ -1,0 +1,175 @@
+"""Probes: pure functions run on checkpoints, vmapped over the seed axis.
+
+A probe is registered by name and maps (params, params0, ctx) -> {stat: scalar} for one seed;
+`run_probes` vmaps the selected probes over seeds and flattens to {"probe/stat": [per seed]}.
+`ctx` (a ProbeContext) carries what the probes share: the config, a fixed evaluation set of
+batches (the same for every checkpoint, so changes over time are not sampling noise), the word
+topics and, when the theory engine supports the config, the Bayes log-probabilities on that set.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from topicdyn.config import Config
+from topicdyn.data import topic_word_matrix, word_topic
+from topicdyn.masking import MLMBatch, sample_batch
+from topicdyn.models import get_model
+from topicdyn.probes.stats import (attention_stats, block_stats, center_rows,
+                                   reference_topic_labels, stable_rank)
+from topicdyn.training import EVAL_STREAM, masked_loss, stream_key
+
+PROBES: dict[str, Callable] = {}
+DEFAULT_PROBES = ("blocks", "attention", "loss", "dynamics")
+
+
+def register(name: str):
+    def deco(fn):
+        PROBES[name] = fn
+        return fn
+    return deco
+
+
+@dataclass(frozen=True)
+class ProbeContext:
+    cfg: Config
+    batch: MLMBatch  # evaluation documents (n_eval docs in one batch)
+    word_topic: np.ndarray  # (V,)
+    labels: jnp.ndarray  # (n_vocab,) correct topic per token id, -1 for specials
+    ref_labels: jnp.ndarray  # (n_vocab,) the reference code's (buggy) labelling
+    unigram: jnp.ndarray  # (n_vocab,) marginal word distribution (0 on specials)
+    bayes_logp: jnp.ndarray | None  # (B, L, n_vocab) Bayes-optimal log P(word | visible)
+
+
+def make_context(cfg: Config, n_eval: int = 80, with_bayes: bool = True) -> ProbeContext:
+    """The evaluation set is drawn from the run's eval stream: identical at every checkpoint."""
+    batch = sample_batch(stream_key(cfg.train.seed, EVAL_STREAM), cfg.data, cfg.mask, n_eval)
+    wt = word_topic(cfg.data)
+    V, nv = cfg.data.V, cfg.data.n_vocab
+    labels = np.full(nv, -1)
+    labels[:V] = wt
+    uni = np.zeros(nv)
+    uni[:V] = topic_word_matrix(cfg.data).mean(0)  # symmetric prior: E[theta_t] = 1/T
+    bayes = None
+    if with_bayes:
+        try:
+            from topicdyn.theory import bayes_log_prob
+            bayes = jnp.asarray(bayes_log_prob(cfg, batch), jnp.float32)
+        except (ImportError, NotImplementedError):
+            bayes = None
+    return ProbeContext(cfg, batch, wt, jnp.asarray(labels), jnp.asarray(
+        reference_topic_labels(V, cfg.data.v)), jnp.asarray(uni / uni.sum()), bayes)
+
+
+def _vocab_maps(params, cfg: Config):
+    """Composite matrices in vocabulary space: (E, value map E W^V W_dec, score map)."""
+    E = params["E"]
+    H, d, dh = params["WV"].shape
+    WV = jnp.transpose(params["WV"], (1, 0, 2)).reshape(d, H * dh)
+    if cfg.model.decoder == "tied":
+        Wd = E.T
+    else:
+        Wd = params["W_dec"]
+    value_map = E @ WV @ Wd
+    score_map = None
+    if "WQ" in params:
+        score_map = jnp.einsum("vd,hde,hfe,wf->vw", E, params["WQ"], params["WK"], E) / np.sqrt(dh)
+    return E, value_map, score_map
+
+
+@register("blocks")
+def probe_blocks(params, params0, ctx: ProbeContext) -> dict:
+    """Block statistics of the embedding Gram, the value map and the score map (vocab space)."""
+    V = ctx.cfg.data.V
+    E, value_map, score_map = _vocab_maps(params, ctx.cfg)
+    Ec = center_rows(E, V) if ctx.cfg.model.embedding == "trained" else E
+    out = {f"gram_{k}": v for k, v in block_stats(Ec @ Ec.T, ctx.word_topic).items()}
+    out.update({f"value_{k}": v for k, v in
+                block_stats(center_rows(value_map, V), ctx.word_topic).items()})
+    if score_map is not None:
+        out.update({f"score_{k}": v for k, v in
+                    block_stats(center_rows(score_map, V), ctx.word_topic).items()})
+    return out
+
+
+@register("attention")
+def probe_attention(params, params0, ctx: ProbeContext) -> dict:
+    """Topic bias of attention on the eval set, correct labels and the reference's labelling.
+    Queries: positions showing a content word (unselected, kept or random-content)."""
+    cfg, b = ctx.cfg, ctx.batch
+    _, acts = get_model(cfg.model.name).apply(params, b, cfg, capture=True)
+    q_ok = b.valid & (b.inputs < cfg.data.V)
+    out = {}
+    for tag, lab in (("", ctx.labels), ("ref_", ctx.ref_labels)):
+        s = attention_stats(acts["attention"], b.inputs, b.inputs, b.key_mask, q_ok, lab)
+        out.update({f"{tag}{k}": v for k, v in s.items()})
+    return out
+
+
+@register("loss")
+def probe_loss(params, params0, ctx: ProbeContext) -> dict:
+    """Loss on the eval set and KL(reference || model) at selected positions for the uniform
+    (content words), unigram and Bayes-optimal predictors."""
+    cfg, b = ctx.cfg, ctx.batch
+    logits, _ = get_model(cfg.model.name).apply(params, b, cfg)
+    out = {"eval_loss": masked_loss(logits, b, cfg)}
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    sel = b.selected
+    n = jnp.maximum(jnp.sum(sel), 1)
+    V, nv = cfg.data.V, cfg.data.n_vocab
+    uniform = jnp.where(jnp.arange(nv) < V, 1.0 / V, 0.0)
+
+    def kl_from(q):  # q: (..., nv) reference probabilities
+        t = jnp.where(q > 0, q * (jnp.log(jnp.where(q > 0, q, 1.0)) - logp), 0.0)
+        return jnp.sum(jnp.where(sel, jnp.sum(t, -1), 0.0)) / n
+
+    out["kl_uniform"] = kl_from(uniform)
+    out["kl_unigram"] = kl_from(ctx.unigram)
+    if ctx.bayes_logp is not None:
+        out["kl_bayes"] = kl_from(jnp.exp(ctx.bayes_logp))
+        bl = -jnp.take_along_axis(ctx.bayes_logp, b.targets[..., None], -1)[..., 0]
+        out["bayes_loss"] = jnp.sum(jnp.where(sel, bl, 0.0)) / n
+    return out
+
+
+@register("dynamics")
+def probe_dynamics(params, params0, ctx: ProbeContext) -> dict:
+    """||W_t - W_0||_F per matrix, and stable ranks of the changes of W^V and W^Q W^K^T."""
+    out = {}
+    for name in ("E", "WV", "WQ", "WK", "W_dec"):
+        if name in params:
+            out[f"delta_{name}"] = jnp.sqrt(jnp.sum((params[name] - params0[name]) ** 2))
+    H, d, dh = params["WV"].shape
+    dv = jnp.transpose(params["WV"] - params0["WV"], (1, 0, 2)).reshape(d, H * dh)
+    out["srank_dWV"] = stable_rank(dv)
+    if "WQ" in params:
+        qk = jnp.einsum("hde,hfe->df", params["WQ"], params["WK"])
+        qk0 = jnp.einsum("hde,hfe->df", params0["WQ"], params0["WK"])
+        out["delta_QK"] = jnp.sqrt(jnp.sum((qk - qk0) ** 2))
+        out["srank_dQK"] = stable_rank(qk - qk0)
+    return out
+
+
+def make_prober(ctx: ProbeContext, names=DEFAULT_PROBES):
+    """(params, params0) -> {"probe/stat": (n_seeds,)} for the selected probes.
+
+    Each probe is jitted and vmapped on its own: XLA's CPU compile time grows much faster than
+    linearly when all probes share one program (minutes instead of seconds).
+    """
+    unknown = [n for n in names if n not in PROBES]
+    if unknown:
+        from topicdyn.config import ConfigError
+        raise ConfigError(f"probes: unknown {unknown}; allowed: {', '.join(sorted(PROBES))}")
+    fns = {n: jax.jit(jax.vmap(lambda p, p0, n=n: PROBES[n](p, p0, ctx))) for n in names}
+
+    def run(params, params0):
+        out = {}
+        for n, fn in fns.items():
+            out.update({f"{n}/{k}": v for k, v in fn(params, params0).items()})
+        return out
+
+    return run

@@ -1,0 +1,97 @@
+"""Pure statistics the probes are built from (numpy-free JAX, vmappable over seeds).
+
+Block statistics of a square matrix restricted to content words (V x V):
+  diag   mean of M[w, w]
+  same   mean of M[w, w'] over w != w' of the same topic
+  cross  mean of M[w, w'] over words of different topics
+  gap    same - cross;   block_score: share of the variance of the entries explained by the three
+         groups (diag / same / cross), 1 for an exact block matrix.
+Softmax cannot see a constant added to every logit of a query, nor a constant added to every score
+of a query. So matrices whose rows feed such sums are row-centred first (`center_rows`): that keeps
+gaps unchanged (they are differences within a row) and makes levels comparable across runs.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def group_masks(word_topic: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(diag, same-topic off-diagonal, cross-topic) boolean masks, each (V, V)."""
+    wt = np.asarray(word_topic)
+    same = wt[:, None] == wt[None, :]
+    eye = np.eye(len(wt), dtype=bool)
+    return eye, same & ~eye, ~same
+
+
+def center_rows(M: jnp.ndarray, V: int) -> jnp.ndarray:
+    """Subtract from each row its mean over the V content-word columns."""
+    return M - jnp.mean(M[:, :V], axis=1, keepdims=True)
+
+
+def block_stats(M: jnp.ndarray, word_topic: np.ndarray) -> dict:
+    """Block statistics of M[:V, :V] (see module doc). M: (>=V, >=V)."""
+    V = len(word_topic)
+    A = M[:V, :V]
+    eye, same, cross = group_masks(word_topic)
+    out, fitted = {}, jnp.zeros_like(A)
+    for name, m in (("diag", eye), ("same", same), ("cross", cross)):
+        cnt = max(int(m.sum()), 1)
+        mean = jnp.sum(jnp.where(m, A, 0.0)) / cnt
+        out[name] = mean
+        fitted = jnp.where(m, mean, fitted)
+    out["gap"] = out["same"] - out["cross"]
+    total = jnp.sum((A - jnp.mean(A)) ** 2)
+    out["block_score"] = jnp.where(total > 0, 1.0 - jnp.sum((A - fitted) ** 2) /
+                                   jnp.maximum(total, 1e-30), 1.0)
+    return out
+
+
+def stable_rank(M: jnp.ndarray) -> jnp.ndarray:
+    """||M||_F^2 / ||M||_2^2 (0 for the zero matrix)."""
+    s = jnp.linalg.svd(M, compute_uv=False)
+    return jnp.where(s[0] > 0, jnp.sum(s ** 2) / jnp.maximum(s[0] ** 2, 1e-30), 0.0)
+
+
+def reference_topic_labels(V: int, v: int) -> np.ndarray:
+    """Topic of each token id (n_vocab = V + 4) as the reference code computes it.
+
+    The reference vocabulary puts its 4 special tokens first, so word w has id w + 4, and its
+    statistic takes id // v as the topic (BRIEF §5): 40% of words (v=10) get the wrong topic and
+    START (id 0) counts as a word of topic 0. Our MASK, START, END, PAD map to ids 0..3 there.
+    """
+    ref_id = np.concatenate([np.arange(V) + 4, np.array([0, 1, 2, 3])])  # our id -> their id
+    labels = ref_id // v
+    labels[V + 2:] = -1  # END and PAD: never a topic word in their statistic either
+    labels[V] = -1       # [MASK]
+    return labels
+
+
+def attention_stats(attn: jnp.ndarray, query_tok: jnp.ndarray, key_tok: jnp.ndarray,
+                    key_mask: jnp.ndarray, query_ok: jnp.ndarray, labels: jnp.ndarray) -> dict:
+    """Attention to same-token, same-topic and cross-topic keys, normalised so uniform = 1.
+
+    attn (B, H, L, L); query_tok, key_tok (B, L) token ids; key_mask (B, L) keys; query_ok (B, L)
+    queries to include; labels (n_vocab,) topic per token id, -1 for "no topic". For each query,
+    a key's normalised attention is a_ij * (number of keys); averaged over (query, key) pairs of a
+    category (same token / same topic other token / other topic), keys without a topic excluded.
+    Also kl_uniform: mean over queries of KL(a_i || uniform over its keys).
+    """
+    a = jnp.mean(attn, axis=1)  # heads averaged
+    n_keys = jnp.sum(key_mask, axis=-1, keepdims=True)  # (B, 1)
+    norm = a * n_keys[..., None]
+    qt, kt = labels[query_tok], labels[key_tok]
+    q_ok = query_ok & (qt >= 0)
+    k_ok = key_mask & (kt >= 0)
+    pair = q_ok[:, :, None] & k_ok[:, None, :]
+    same_tok = query_tok[:, :, None] == key_tok[:, None, :]
+    same_top = qt[:, :, None] == kt[:, None, :]
+    out = {}
+    for name, m in (("same_token", pair & same_tok), ("same_topic", pair & same_top & ~same_tok),
+                    ("cross_topic", pair & ~same_top)):
+        out[name] = jnp.sum(jnp.where(m, norm, 0.0)) / jnp.maximum(jnp.sum(m), 1)
+    out["ratio"] = out["same_topic"] / jnp.maximum(out["cross_topic"], 1e-12)
+    u = jnp.where(key_mask[:, None, :], 1.0 / jnp.maximum(n_keys[..., None], 1), 1.0)
+    kl = jnp.sum(jnp.where(key_mask[:, None, :] & (a > 0), a * jnp.log(a / u), 0.0), axis=-1)
+    out["kl_uniform"] = jnp.sum(jnp.where(q_ok, kl, 0.0)) / jnp.maximum(jnp.sum(q_ok), 1)
+    return out
