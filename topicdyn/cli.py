@@ -32,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue RUN_DIR from its latest checkpoint, with its saved config")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-probes", action="store_true",
+                   help="do not probe checkpoints while training (probe later with topicdyn probe)")
+
+    pr = sub.add_parser("probe", help="re-probe every stored checkpoint of a run offline")
+    pr.add_argument("run_dir", type=Path)
+    pr.add_argument("--probes", default=None,
+                    help="comma-separated probe names (default: all registered defaults)")
 
     i = sub.add_parser("info", help="config, checkpoints and last metrics of a run")
     i.add_argument("run_dir", type=Path)
@@ -64,8 +71,13 @@ def cmd_train(a) -> int:
         from topicdyn.run import default_run_dir
         run_dir = a.out or default_run_dir(cfg)
     print(f"run directory: {run_dir}", flush=True)
+    hook = None
+    if not a.no_probes:
+        from topicdyn.probes.runner import CheckpointProber
+        hook = CheckpointProber(cfg, run_dir)
     try:
-        train(cfg, run_dir, resume=a.resume is not None, progress=not a.no_progress)
+        train(cfg, run_dir, resume=a.resume is not None, progress=not a.no_progress,
+              on_checkpoint=hook)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: topicdyn train --resume {run_dir}", file=sys.stderr)
         return 130
@@ -83,6 +95,24 @@ def _print_summary(run_dir: Path) -> None:
         mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
         print(f"loss (mean over seeds): step {first['step']}: {mean(first['loss']):.4f} -> "
               f"step {last['step']}: {mean(last['loss']):.4f}")
+
+
+def _require_run(run_dir: Path) -> None:
+    if not (run_dir / "config.json").exists():
+        raise ConfigError(f"run_dir: {run_dir} is not a run directory (no config.json)")
+
+
+def cmd_probe(a) -> int:
+    from topicdyn.checkpoint import list_checkpoints
+    from topicdyn.probes.runner import probe_run
+
+    _require_run(a.run_dir)
+    if not list_checkpoints(a.run_dir):
+        raise ConfigError(f"run_dir: {a.run_dir} has no checkpoints yet")
+    names = tuple(x for x in a.probes.split(",") if x) if a.probes else None
+    path = probe_run(a.run_dir, names)
+    print(f"wrote {path}")
+    return 0
 
 
 def cmd_info(a) -> int:
@@ -111,7 +141,7 @@ def cmd_info(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "info": cmd_info}[args.cmd](args)
+        return {"train": cmd_train, "info": cmd_info, "probe": cmd_probe}[args.cmd](args)
     except ConfigError as e:
         print(f"topicdyn: error: {e}", file=sys.stderr)
         return 2

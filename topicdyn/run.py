@@ -91,9 +91,11 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
         state = ckpt.restore(start, state)
         _truncate_jsonl(metrics_path, start)
         _truncate_jsonl(timing_path, start)
+        if (run_dir / "probes.jsonl").exists():
+            _truncate_jsonl(run_dir / "probes.jsonl", start)
         ckpt.truncate_index(start)
     elif resume:
-        for p in (metrics_path, timing_path, ckpt.index):
+        for p in (metrics_path, timing_path, ckpt.index, run_dir / "probes.jsonl"):
             p.unlink(missing_ok=True)
     if start == 0:
         ckpt.save(0, state)
