@@ -51,6 +51,10 @@ CASES = {
                                         "model.decoder=tied", "mask.key_set=all"]),
 }
 
+# these cases always run with a tiny cap, so several chunks (the overflow path) are exercised;
+# the others use the default cap and fit in one chunk
+OVERFLOW_CAP = {"A-heads2-res-ln-mixed": 2, "emb-only-residual-squared-mixed": 2}
+
 _sample = jax.jit(sample_batch, static_argnums=(1, 2, 3))
 
 
@@ -66,7 +70,8 @@ def _init(model_name):
 
 def _params(cfg, seed, std=0.5):
     """The model's init with its trained matrices redrawn at `std` (numpy: no RNG compile)."""
-    params = _init(cfg.model.name)(jax.random.PRNGKey(0), apply_overrides(cfg, ["model.init_scale=0"]))
+    zero_init = apply_overrides(cfg, ["model.init_scale=0"])
+    params = _init(cfg.model.name)(jax.random.PRNGKey(0), zero_init)
     rng, fixed = np.random.default_rng(seed), fixed_groups(cfg) | {"layernorm"}
     return {name: sub if PARAM_GROUP[name] in fixed else
             jnp.asarray(std * rng.standard_normal(sub.shape), sub.dtype)
@@ -116,7 +121,8 @@ def _assert_close(want, got, what):
                                    err_msg=f"{what} {jax.tree_util.keystr(path)}")
 
 
-def _check(cfg, params, batch, what, cap=None):
+def _check(case, params, batch, what):
+    cfg, cap = _cfg(case), OVERFLOW_CAP.get(case)
     (lg, gg), (lf, gf) = _generic(cfg)(params, batch), _fast(cfg, cap)(params, batch)
     assert np.isfinite(float(lg)) and float(lg) > 0
     _assert_close(lg, lf, f"{what} loss")
@@ -134,16 +140,16 @@ def test_matches_generic_loss_and_grads(case):
     assert fast_supported(cfg)
     params, batch = _params(cfg, 1), _batch(cfg, 2)
     assert _n_chunked(batch, cfg) > 0
-    _check(cfg, params, batch, f"{case} init params")
-    _check(cfg, _perturb(params, 3), batch, f"{case} perturbed params")
+    _check(case, params, batch, f"{case} init params")
+    _check(case, _perturb(params, 3), batch, f"{case} perturbed params")
 
 
-@pytest.mark.parametrize("case", ["A-heads2-res-ln-mixed", "emb-only-residual-squared-mixed"])
+@pytest.mark.parametrize("case", list(OVERFLOW_CAP))
 def test_overflowing_cap_stays_exact(case):
     cfg = _cfg(case)
-    params, batch, cap = _perturb(_params(cfg, 4), 5), _batch(cfg, 6), 2
-    assert _n_chunked(batch, cfg) > 4 * cap  # several loop iterations
-    _check(cfg, params, batch, f"{case} cap={cap}", cap=cap)
+    params, batch = _perturb(_params(cfg, 4), 5), _batch(cfg, 6)
+    assert _n_chunked(batch, cfg) > 4 * OVERFLOW_CAP[case]  # several loop iterations
+    _check(case, params, batch, f"{case} cap={OVERFLOW_CAP[case]}")
 
 
 def test_vmap_and_scan_with_members_needing_different_chunk_counts():
@@ -177,7 +183,7 @@ def test_document_without_keys(case):
     row0 = np.arange(batch.inputs.shape[0])[:, None] == 0
     batch = _edit(batch, key_mask=np.asarray(batch.key_mask) & ~row0,
                   selected=np.where(row0, batch.valid, batch.selected))
-    _check(cfg, params, batch, f"{case} keyless doc")
+    _check(case, params, batch, f"{case} keyless doc")
 
 
 def test_no_selected_position_gives_zero():

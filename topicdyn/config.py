@@ -178,6 +178,7 @@ class ModelConfig:
     residual: bool = False
     layernorm: bool = False
     loss: str = "ce"  # ce | squared
+    impl: str = "auto"  # training loss: auto (fast when exact for the variant) | generic | fast
     init_scale: float = 0.02  # std of the normal init of every trained matrix
     init_embedding: float | None = None
     init_query: float | None = None
@@ -197,6 +198,7 @@ class ModelConfig:
         _check(isinstance(self.layernorm, bool), "model.layernorm", "true or false",
                self.layernorm)
         _choice("model.loss", self.loss, ("ce", "squared"))
+        _choice("model.impl", self.impl, ("auto", "generic", "fast"))
         _check(_is_num(self.init_scale) and self.init_scale >= 0, "model.init_scale",
                "a number >= 0", self.init_scale)
         for g in ("embedding", "query", "key", "value", "decoder"):

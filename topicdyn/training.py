@@ -16,6 +16,7 @@ import optax
 from topicdyn.config import PARAM_GROUPS, Config
 from topicdyn.masking import sample_batch
 from topicdyn.models import get_model
+from topicdyn.models.fast import fast_loss, fast_supported
 from topicdyn.models.transformer import PARAM_GROUP, fixed_groups
 
 # independent random streams derived from one seed
@@ -113,8 +114,24 @@ def masked_loss(logits: jax.Array, batch, cfg: Config) -> jax.Array:
 
 
 def loss_fn(params, batch, cfg: Config) -> jax.Array:
+    """Training loss. The bag-of-words fast path (models/fast.py) computes the same number
+    (tests/test_fast.py) and is used whenever it supports the variant, unless model.impl says
+    otherwise."""
+    if use_fast(cfg):
+        return fast_loss(params, batch, cfg)
     logits, _ = get_model(cfg.model.name).apply(params, batch, cfg)
     return masked_loss(logits, batch, cfg)
+
+
+def use_fast(cfg: Config) -> bool:
+    if cfg.model.impl == "generic":
+        return False
+    ok = fast_supported(cfg)
+    if cfg.model.impl == "fast" and not ok:
+        from topicdyn.config import ConfigError
+        raise ConfigError(f"model.impl: fast is not available for model {cfg.model.name!r}; "
+                          "use auto or generic")
+    return ok
 
 
 def group_norms(tree: dict, groups: set[str] | None = None) -> dict:

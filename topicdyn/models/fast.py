@@ -30,7 +30,6 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from topicdyn.config import Config
 
@@ -126,7 +125,7 @@ def _tables(params, batch, cfg: Config) -> tuple[dict, dict]:
     else:
         QE = jnp.einsum("vd,hde->hve", E, params["WQ"])
         KE = jnp.einsum("vd,hde->hve", E, params["WK"])
-        tables["S"] = jnp.einsum("hxe,hve->hxv", QE, KE) / np.sqrt(d // H)
+        tables["S"] = jnp.einsum("hxe,hve->hxv", QE, KE) / math.sqrt(d // H)
         tables["VE"] = VE
         c = _counts(batch.inputs, key_w, nv)[..., 0]
         data["logc"] = jnp.where(c > 0, jnp.log(jnp.maximum(c, 1.0)), NEG_INF)
