@@ -216,11 +216,11 @@ def test_bayes_floor_below_uniform_unigram_and_a_trained_model(tmp_path):
 
     # Zipf topics so that unigram and uniform differ
     ov = ["data.T=3", "data.v=4", "data.N_min=10", "data.N_max=20", "data.batch_size=32",
-          "data.topic_words=zipf", "train.steps=300", "train.log_every=100",
-          "train.ckpt_log_points=0", "train.ckpt_linear_from=300", "train.ckpt_every=300",
+          "data.topic_words=zipf", "train.steps=200", "train.log_every=100",
+          "train.ckpt_log_points=0", "train.ckpt_linear_from=200", "train.ckpt_every=200",
           "train.chunk=50", "optim.lr=0.05"]
     cfg = preset("F", ov)
-    est = bayes_loss(cfg, n_batches=60, seed=7)
+    est = bayes_loss(cfg, n_batches=40, seed=7)
     uni, uni_se = est.baselines["unigram"]
     assert est.baselines["unigram"][0] < est.baselines["uniform_content"][0]
     assert est.mean + 4 * est.stderr < uni - 4 * uni_se
@@ -228,10 +228,10 @@ def test_bayes_floor_below_uniform_unigram_and_a_trained_model(tmp_path):
     params = jax.tree.map(lambda x: x[0], load_params(run)[0])
     model = get_model(cfg.model.name)
     diffs = []
-    for batch in mc_batches(cfg, 60, 7):
+    for batch in mc_batches(cfg, 40, 7):
         logits, _ = model.apply(params, batch, cfg)
         diffs.append(float(masked_loss(logits, batch, cfg))
                      - batch_ce(bayes_log_prob(cfg, batch), batch))
     diffs = np.array(diffs)
     # paired over the same batches: the trained model's excess loss is > 4 standard errors
-    assert diffs.mean() > 4 * diffs.std(ddof=1) / np.sqrt(len(diffs)), diffs.mean()
+    assert diffs.mean() > 4 * diffs.std(ddof=1) / np.sqrt(len(diffs)), diffs

@@ -165,20 +165,19 @@ def test_regime_A_gap_positive_with_keep_and_zero_without():
     assert keep.plateau < keep.uniform_loss
     cfg0 = apply_overrides(cfg, ["mask.p_keep=0", "mask.p_replace_mask=0.9"])
     s0 = population(cfg0, estimator="enumeration")
-    for loss in ("ce", "squared"):
-        no = attention_optimum_A(cfg0, loss=loss, sample=s0)
-        assert abs(no.params["s_same"]) < 1e-2 and abs(no.params["s_self"]) < 1e-2, no.params
-        np.testing.assert_allclose(attention_loss(no.score_matrix, s0, cfg0, loss)[0],
-                                   no.plateau, atol=1e-5)
+    no = attention_optimum_A(cfg0, loss="ce", sample=s0)
+    assert abs(no.params["s_same"]) < 1e-2 and abs(no.params["s_self"]) < 1e-2, no.params
+    # the family's fast loss equals the direct vocabulary-softmax loss at the optimum
+    np.testing.assert_allclose(attention_loss(no.score_matrix, s0, cfg0, "ce")[0], no.plateau,
+                               atol=1e-5)
 
 
 def test_regime_A_monte_carlo_gap_and_standard_errors():
+    # a Monte Carlo sample: the score gap is resolved (> 4 of its sandwich standard errors)
     ov = ["data.T=5", "data.v=4", "data.N_min=30", "data.N_max=40"]
     cfg = apply_overrides(Config(), ov)
-    s = monte_carlo_sample(cfg, n_docs=3000, seed=2)
+    s = monte_carlo_sample(cfg, n_docs=2000, seed=2)
     o = attention_optimum_A(cfg, loss="ce", sample=s)
     assert o.score_gap > 4 * o.score_gap_se > 0, (o.score_gap, o.score_gap_se)
     assert o.attention_ratio > 1 and o.attention_ratio_tied > 1
-    cfg0 = apply_overrides(cfg, ["mask.p_keep=0", "mask.p_replace_mask=0.9"])
-    o0 = attention_optimum_A(cfg0, loss="ce", sample=monte_carlo_sample(cfg0, 3000, seed=2))
-    assert abs(o0.score_gap) < 4 * o0.score_gap_se, (o0.score_gap, o0.score_gap_se)
+    assert o.plateau + 4 * o.plateau_se < o.uniform_loss

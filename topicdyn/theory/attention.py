@@ -203,9 +203,7 @@ def attention_optimum_A(cfg: Config, *, loss: str | None = None,
 
     per_doc_j = jax.jit(per_doc)  # one compilation for every evaluation below
     fun = lambda u, q: jnp.sum(per_doc(bound * jnp.tanh(u / bound), q)) / W
-    # the tied family (s_self = s_same) first, then s_self released from there: s_self is
-    # weakly identified, so it only leaves s_same as far as the loss asks (self_tie_cost <= 0
-    # up to round-off), and the non-convex search starts from a sensible point
+    # the tied family (s_self = s_same) first: a well-behaved start for the non-convex search
     tie = jnp.array([0, 0, 1, 2])
     u3, _, it3 = newton_minimize(lambda u, q: fun(u[tie], q), np.zeros(3), q)
     # the landscape in (s_self, s_same) is multimodal (a basin with s_self -> +inf exists):
@@ -216,9 +214,10 @@ def attention_optimum_A(cfg: Config, *, loss: str | None = None,
     grid = [np.array([to_u(a_), to_u(b_), u3[1], u3[2]])
             for a_ in (-12.0, -6.0, -3.0, -1.0, 0.0, 1.0, 3.0, 6.0, 12.0)
             for b_ in (-3.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 9.0)]
-    fits = [newton_minimize(fun, x0, q)
-            for x0 in (u3[np.array([0, 0, 1, 2])], min(grid, key=val))]
-    u, _, iters = min(fits, key=lambda r: r[1])
+    tied0 = u3[np.array([0, 0, 1, 2])]
+    best_grid = min(grid, key=val)
+    starts = [tied0] + ([best_grid] if val(best_grid) < val(tied0) else [])
+    u, _, iters = min((newton_minimize(fun, x0, q) for x0 in starts), key=lambda r: r[1])
     iters += it3
     s = bound * np.tanh(u / bound)
     content = qn["tx"] >= 0

@@ -160,8 +160,8 @@ def symmetric_optimum_V(cfg: Config, *, loss: str | None = None,
 
     loss: "ce" | "squared" (default cfg.model.loss). sample: a PopulationSample to use (default:
     `population(cfg, estimator, n_docs, seed)`: exact enumeration for tiny configs, else Monte
-    Carlo). CE is minimised by full-batch damped Newton over (a, b) with c = 0; squared loss is solved
-    exactly (normal equations, minimum Frobenius norm).
+    Carlo). CE is minimised by full-batch damped Newton over (a, b) with c = 0; squared loss is
+    solved exactly (normal equations, minimum Frobenius norm).
     """
     require_symmetric(cfg, f"regime {regime}")
     loss = loss or cfg.model.loss

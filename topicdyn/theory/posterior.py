@@ -11,7 +11,7 @@ carry no information about theta. Given theta, visible words are independent, so
 
 Estimators, chosen by `topic_posterior` (method string says which):
 - "closed form": Dirichlet prior, disjoint topic supports, clean observations (r = 0): the
-  posterior is Dirichlet(alpha + m) with m_t the visible words of topic t, mean (alpha+m)/(T alpha+n).
+  posterior is Dirichlet(alpha + m), m_t the visible words of topic t, mean (alpha+m)/(T alpha+n).
   The k-topics prior with Dirichlet weights has the analogous subset-averaged closed form.
 - "exact DP": disjoint supports and r > 0. Expanding the product gives a mixture of Dirichlets
   over k_t = number of topic-t observations that are real; a log-space polynomial product over
