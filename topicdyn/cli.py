@@ -68,11 +68,13 @@ def cmd_train(a) -> int:
         cfg = load_config(run_dir)
     else:
         cfg = _config_from_args(a)
-        from topicdyn.run import default_run_dir
+        from topicdyn.run import check_new_run_dir, default_run_dir
         run_dir = a.out or default_run_dir(cfg)
+        check_new_run_dir(Path(run_dir))
     print(f"run directory: {run_dir}", flush=True)
     hook = None
     if not a.no_probes:
+        _write_theory(cfg, Path(run_dir))
         from topicdyn.probes.runner import CheckpointProber
         hook = CheckpointProber(cfg, run_dir)
     try:
@@ -82,8 +84,34 @@ def cmd_train(a) -> int:
         print(f"\ninterrupted; continue with: topicdyn train --resume {run_dir}", file=sys.stderr)
         return 130
     _print_summary(run_dir)
+    if not a.no_probes:
+        _print_verdicts(Path(run_dir))
     print(f"done: {run_dir}")
     return 0
+
+
+def _write_theory(cfg: Config, run_dir: Path) -> None:
+    """theory.json: predictions for this exact config (kept on resume)."""
+    path = run_dir / "theory.json"
+    if path.exists():
+        return
+    from topicdyn.verdicts import run_predictions
+
+    print("computing theory predictions for this config ...", flush=True)
+    pred = run_predictions(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(pred, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def _print_verdicts(run_dir: Path) -> None:
+    from topicdyn.verdicts import format_table, judge_run
+
+    claims = judge_run(run_dir)
+    if claims:
+        print("\nclaims at the last checkpoint (verdicts.jsonl has every checkpoint):")
+        print(format_table(claims))
 
 
 def _print_summary(run_dir: Path) -> None:
@@ -110,8 +138,10 @@ def cmd_probe(a) -> int:
     if not list_checkpoints(a.run_dir):
         raise ConfigError(f"run_dir: {a.run_dir} has no checkpoints yet")
     names = tuple(x for x in a.probes.split(",") if x) if a.probes else None
+    _write_theory(load_config(a.run_dir), a.run_dir)
     path = probe_run(a.run_dir, names)
     print(f"wrote {path}")
+    _print_verdicts(a.run_dir)
     return 0
 
 

@@ -52,6 +52,13 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run may only go into a missing or empty directory (theory.json may be there)."""
+    if run_dir.exists() and any(p.name != "theory.json" for p in run_dir.iterdir()):
+        raise ConfigError(f"out: {run_dir} already holds a run; pass --resume to continue it or "
+                          "choose another directory")
+
+
 def _prepare_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
     cfg_path = run_dir / "config.json"
     if resume:
@@ -62,9 +69,7 @@ def _prepare_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
             raise ConfigError(f"resume: the config differs from the one saved in {cfg_path}; "
                               "resume with the saved config (topicdyn train --resume RUN_DIR)")
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"out: {run_dir} already holds a run; pass --resume to continue it or "
-                          "choose another directory")
+    check_new_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(cfg.to_json() + "\n")
 

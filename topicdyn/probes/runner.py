@@ -28,8 +28,8 @@ class CheckpointProber:
     def __call__(self, step: int, state, run_dir) -> dict:
         t = time.perf_counter()
         if self.params0 is None:
-            if step == 0:
-                self.params0 = state.params
+            if step == 0:  # a copy: the training chunk donates (deletes) the state's buffers
+                self.params0 = jax.tree.map(lambda x: jax.numpy.array(x, copy=True), state.params)
             else:  # resumed run: the reference point is checkpoint 0
                 from topicdyn.checkpoint import load_params
                 self.params0 = jax.tree.map(jax.numpy.asarray, load_params(run_dir, 0)[0])
