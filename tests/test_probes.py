@@ -78,6 +78,8 @@ def test_attention_stats_brute_force():
                           jnp.asarray(qok), jnp.asarray(labels))
     for k, v in sums.items():
         np.testing.assert_allclose(float(got[k]), np.mean(v), rtol=1e-4)
+    pooled = np.mean(sums["same_token"] + sums["same_topic"]) / np.mean(sums["cross_topic"])
+    np.testing.assert_allclose(float(got["ratio_all"]), pooled, rtol=1e-4)
     np.testing.assert_allclose(float(got["kl_uniform"]), np.mean(kls), rtol=1e-4, atol=1e-6)
     # uniform attention is 1 in every category and 0 KL
     u = keym[:, None, None, :] / keym.sum(-1)[:, None, None, None] * np.ones((B, H, L, L))
@@ -85,6 +87,7 @@ def test_attention_stats_brute_force():
                          jnp.asarray(qok), jnp.asarray(labels))
     for k in ("same_token", "same_topic", "cross_topic", "ratio"):
         assert abs(float(gu[k]) - 1.0) < 1e-5
+    assert abs(float(gu["ratio_all"]) - 1.0) < 1e-5
     assert abs(float(gu["kl_uniform"])) < 1e-6
 
 

@@ -89,13 +89,16 @@ def test_ensemble_member_equals_single_run(tmp_path):
 
 @pytest.mark.parametrize("name", ["E", "V", "A", "F"])
 def test_each_preset_lowers_the_loss(tmp_path, name):
-    # alpha=1 mixes topics within a document, so attention (preset A) has something to gain
-    cfg = preset(name, TINY[:5] + ["data.alpha=1.0", "train.steps=150", "train.log_every=10",
-                                    "optim.lr=0.05",
-                                    "train.ckpt_steps=[150]"])
-    rows = read_metrics(train(cfg, tmp_path / "run", progress=False))
-    first, last = rows[0]["loss"][0], rows[-1]["loss"][0]
-    assert last < first - 0.05, (first, last)
+    # the loss probe evaluates every checkpoint on the same fixed documents, so the comparison
+    # is paired; alpha=1 mixes topics within a document, so attention (A) has something to gain
+    # (the theory engine puts A's best gain over uniform attention here at about 0.05 nats)
+    from topicdyn.probes.runner import CheckpointProber, read_probes
+    cfg = preset(name, TINY[:5] + ["data.alpha=1.0", "train.steps=150", "train.log_every=50",
+                                    "optim.lr=0.05", "train.ckpt_steps=[150]"])
+    run = tmp_path / "run"
+    train(cfg, run, progress=False, on_checkpoint=CheckpointProber(cfg, run, ("loss",)))
+    first, last = (r["loss/eval_loss"][0] for r in read_probes(run))
+    assert last < first - (0.02 if name == "A" else 0.05), (first, last)
 
 
 def test_run_dir_layout_and_config_roundtrip(tmp_path):

@@ -90,10 +90,10 @@ def cmd_train(a) -> int:
     return 0
 
 
-def _write_theory(cfg: Config, run_dir: Path) -> None:
-    """theory.json: predictions for this exact config (kept on resume)."""
+def _write_theory(cfg: Config, run_dir: Path, refresh: bool = False) -> None:
+    """theory.json: predictions for this exact config (kept on resume, redone by `probe`)."""
     path = run_dir / "theory.json"
-    if path.exists():
+    if path.exists() and not refresh:
         return
     from topicdyn.verdicts import run_predictions
 
@@ -138,7 +138,7 @@ def cmd_probe(a) -> int:
     if not list_checkpoints(a.run_dir):
         raise ConfigError(f"run_dir: {a.run_dir} has no checkpoints yet")
     names = tuple(x for x in a.probes.split(",") if x) if a.probes else None
-    _write_theory(load_config(a.run_dir), a.run_dir)
+    _write_theory(load_config(a.run_dir), a.run_dir, refresh=True)
     path = probe_run(a.run_dir, names)
     print(f"wrote {path}")
     _print_verdicts(a.run_dir)

@@ -75,6 +75,8 @@ def attention_stats(attn: jnp.ndarray, query_tok: jnp.ndarray, key_tok: jnp.ndar
     queries to include; labels (n_vocab,) topic per token id, -1 for "no topic". For each query,
     a key's normalised attention is a_ij * (number of keys); averaged over (query, key) pairs of a
     category (same token / same topic other token / other topic), keys without a topic excluded.
+    ratio = same_topic / cross_topic (other words only); ratio_all pools identical words into the
+    same-topic group, as P1's statistic does.
     Also kl_uniform: mean over queries of KL(a_i || uniform over its keys).
     """
     a = jnp.mean(attn, axis=1)  # heads averaged
@@ -90,7 +92,10 @@ def attention_stats(attn: jnp.ndarray, query_tok: jnp.ndarray, key_tok: jnp.ndar
     for name, m in (("same_token", pair & same_tok), ("same_topic", pair & same_top & ~same_tok),
                     ("cross_topic", pair & ~same_top)):
         out[name] = jnp.sum(jnp.where(m, norm, 0.0)) / jnp.maximum(jnp.sum(m), 1)
+    m_all = pair & same_top  # P1's pooling: identical words count as same-topic pairs
+    out["same_topic_all"] = jnp.sum(jnp.where(m_all, norm, 0.0)) / jnp.maximum(jnp.sum(m_all), 1)
     out["ratio"] = out["same_topic"] / jnp.maximum(out["cross_topic"], 1e-12)
+    out["ratio_all"] = out["same_topic_all"] / jnp.maximum(out["cross_topic"], 1e-12)
     u = jnp.where(key_mask[:, None, :], 1.0 / jnp.maximum(n_keys[..., None], 1), 1.0)
     kl = jnp.sum(jnp.where(key_mask[:, None, :] & (a > 0), a * jnp.log(a / u), 0.0), axis=-1)
     out["kl_uniform"] = jnp.sum(jnp.where(q_ok, kl, 0.0)) / jnp.maximum(jnp.sum(q_ok), 1)
