@@ -8,13 +8,15 @@ included). With key_set="all" every non-PAD position is a key.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from topicdyn.config import DataConfig, MaskConfig
-from topicdyn.data import Documents, _uniform_int, sample_documents
+from topicdyn.data import (Documents, _below, _threshold, derive_key, document_words,
+                           documents_from_words, key_words, random_words)
 
 # values of MLMBatch.kind
 NOT_SELECTED, SHOW_MASK, SHOW_RANDOM, SHOW_KEEP = 0, 1, 2, 3
@@ -34,26 +36,56 @@ class MLMBatch(NamedTuple):
 
 
 def corrupt(key: jax.Array, docs: Documents, data: DataConfig, mask: MaskConfig) -> MLMBatch:
-    """Apply MLM selection and replacement to clean documents."""
-    # a single uniform draw (see data.sample_documents on compile time)
-    u = jax.random.uniform(key, (3,) + docs.tokens.shape)
-    selected = docs.content & (u[0] < mask.p_mask)
-    r = u[1]
-    kind = jnp.where(r < mask.p_replace_mask, SHOW_MASK,
-                     jnp.where(r < mask.p_replace_mask + mask.p_replace_random,
-                               SHOW_RANDOM, SHOW_KEEP))
+    """Apply MLM selection and replacement to clean documents.
+
+    One uint32 word r per position decides everything: selected iff r < t_sel = p_mask 2^32;
+    [MASK] iff r < t_mask = p_mask p_replace_mask 2^32, a random token iff t_mask <= r < t_rand,
+    else its own token. Inside [t_mask, t_rand) the offset r - t_mask is uniform on those integers
+    and picks the random token, so no position needs a second word (errors ~2^-32 per threshold,
+    and <= n_vocab / (t_rand - t_mask) relative for the token, below float32 uniforms' 2^-23).
+    """
+    return corrupt_from_words(random_words(key_words(key), docs.tokens.shape), docs, data, mask)
+
+
+def corrupt_from_words(r: jax.Array, docs: Documents, data: DataConfig,
+                       mask: MaskConfig) -> MLMBatch:
+    """corrupt() with the per-position random words r (uint32, docs.tokens.shape) given."""
+    t_mask = _threshold(mask.p_mask * mask.p_replace_mask)
+    t_rand = _threshold(mask.p_mask * (mask.p_replace_mask + mask.p_replace_random))
+    t_sel = _threshold(mask.p_mask)
+    selected = docs.content & _below(r, t_sel)
+    show_mask = _below(r, t_mask)
+    show_rand = ~show_mask & _below(r, t_rand)
+    kind = jnp.where(show_mask, SHOW_MASK, jnp.where(show_rand, SHOW_RANDOM, SHOW_KEEP))
     kind = jnp.where(selected, kind, NOT_SELECTED).astype(jnp.int32)
     hi = data.V if mask.random_source == "content" else data.n_vocab
-    rand_tok = _uniform_int(u[2], hi)
+    if t_rand > t_mask:
+        off = (r - jnp.uint32(t_mask)).astype(jnp.float32)  # < t_rand - t_mask where used
+        rand_tok = jnp.minimum(jnp.floor(off * jnp.float32(hi / (t_rand - t_mask)))
+                               .astype(jnp.int32), hi - 1)
+    else:
+        rand_tok = jnp.zeros(r.shape, jnp.int32)
     inputs = jnp.where(kind == SHOW_MASK, data.MASK,
                        jnp.where(kind == SHOW_RANDOM, rand_tok, docs.tokens)).astype(jnp.int32)
     key_mask = docs.valid & ~selected if mask.key_set == "unselected" else docs.valid
-    return MLMBatch(inputs, docs.tokens, selected, key_mask, kind, docs.topics, docs.theta,
-                    docs.valid)
+    # materialised once (see data.sample_documents)
+    return jax.lax.optimization_barrier(MLMBatch(inputs, docs.tokens, selected, key_mask, kind,
+                                                 docs.topics, docs.theta, docs.valid))
 
 
 def sample_batch(key: jax.Array, data: DataConfig, mask: MaskConfig,
                  batch: int | None = None) -> MLMBatch:
-    """Documents then corruption, from one key: the whole input pipeline of one step."""
-    k_doc, k_mask = jax.random.split(key)
-    return corrupt(k_mask, sample_documents(k_doc, data, batch), data, mask)
+    """Documents then corruption, from one key: the whole input pipeline of one step.
+    Jitted (configs static), so an eager call runs one compiled program, not ~10^3 small ops."""
+    return _sample_batch(key, data, mask, batch)
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3))
+def _sample_batch(key, data: DataConfig, mask: MaskConfig, batch: int | None) -> MLMBatch:
+    # one threefry kernel for every random word of the batch (documents, then corruption)
+    B = data.batch_size if batch is None else batch
+    kw = key_words(key)
+    n_doc = document_words(data, B)
+    r = random_words(kw, (n_doc + B * data.seq_len,))
+    docs = documents_from_words(derive_key(kw, 0), r[:n_doc], data, B)
+    return corrupt_from_words(r[n_doc:].reshape(B, data.seq_len), docs, data, mask)

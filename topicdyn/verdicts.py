@@ -193,7 +193,7 @@ def judge(row: dict, theory: dict, cfg: Config, prev: dict | None = None,
             ua["plateau_eval"], g("loss/eval_loss"), 0.0,
             lambda v: v.max() < ua["plateau_eval"], p("loss/eval_loss"),
             "every seed below the uniform-attention optimum on the eval set"))
-    if g("loss/bayes_loss") is not None:
+    if g("loss/bayes_loss") is not None and cfg.model.loss == "ce":  # a CE floor
         floor = float(np.mean(g("loss/bayes_loss")))
         gap = [a - b for a, b in zip(g("loss/eval_loss"), g("loss/bayes_loss"))]
         out.append(_claim(

@@ -19,9 +19,11 @@ from topicdyn.config import Config
 from topicdyn.data import topic_word_matrix, word_topic
 from topicdyn.masking import MLMBatch, sample_batch
 from topicdyn.models import get_model
+from topicdyn.probes import vocab as _vocab
 from topicdyn.probes.stats import (attention_stats, block_stats, center_rows,
                                    reference_topic_labels, stable_rank)
 from topicdyn.training import EVAL_STREAM, masked_loss, stream_key
+from topicdyn.xla import compile_options
 
 PROBES: dict[str, Callable] = {}
 DEFAULT_PROBES = ("blocks", "attention", "loss", "dynamics")
@@ -43,11 +45,16 @@ class ProbeContext:
     ref_labels: jnp.ndarray  # (n_vocab,) the reference code's (buggy) labelling
     unigram: jnp.ndarray  # (n_vocab,) marginal word distribution (0 on specials)
     bayes_logp: jnp.ndarray | None  # (B, L, n_vocab) Bayes-optimal log P(word | visible)
+    vocab: dict | None = None  # constants of the vocabulary-space probes (probes/vocab.py)
 
 
-def make_context(cfg: Config, n_eval: int = 80, with_bayes: bool = True) -> ProbeContext:
-    """The evaluation set is drawn from the run's eval stream: identical at every checkpoint."""
-    batch = sample_batch(stream_key(cfg.train.seed, EVAL_STREAM), cfg.data, cfg.mask, n_eval)
+def make_context(cfg: Config, n_eval: int = 80, with_bayes: bool = True,
+                 vocab_probes: bool = True) -> ProbeContext:
+    """The evaluation set is drawn from the run's eval stream: identical at every checkpoint.
+    vocab_probes: compute the attention and loss probes in vocabulary space where the model
+    allows it (probes/vocab.py: the same numbers, a small fraction of the cost)."""
+    batch = jax.jit(sample_batch, static_argnums=(1, 2, 3), compiler_options=compile_options())(
+        stream_key(cfg.train.seed, EVAL_STREAM), cfg.data, cfg.mask, n_eval)
     wt = word_topic(cfg.data)
     V, nv = cfg.data.V, cfg.data.n_vocab
     labels = np.full(nv, -1)
@@ -61,8 +68,10 @@ def make_context(cfg: Config, n_eval: int = 80, with_bayes: bool = True) -> Prob
             bayes = jnp.asarray(bayes_log_prob(cfg, batch), jnp.float32)
         except (ImportError, NotImplementedError):
             bayes = None
-    return ProbeContext(cfg, batch, wt, jnp.asarray(labels), jnp.asarray(
-        reference_topic_labels(V, cfg.data.v)), jnp.asarray(uni / uni.sum()), bayes)
+    ref = reference_topic_labels(V, cfg.data.v)
+    vc = _vocab.prepare(cfg, batch, labels, ref, bayes) if vocab_probes else None
+    return ProbeContext(cfg, batch, wt, jnp.asarray(labels), jnp.asarray(ref),
+                        jnp.asarray(uni / uni.sum()), bayes, vc)
 
 
 def _vocab_maps(params, cfg: Config):
@@ -100,6 +109,13 @@ def probe_blocks(params, params0, ctx: ProbeContext) -> dict:
 def probe_attention(params, params0, ctx: ProbeContext) -> dict:
     """Topic bias of attention on the eval set, correct labels and the reference's labelling.
     Queries: positions showing a content word (unselected, kept or random-content)."""
+    if ctx.vocab is not None:
+        return _vocab.probe_attention(params, ctx)
+    return probe_attention_generic(params, params0, ctx)
+
+
+def probe_attention_generic(params, params0, ctx: ProbeContext) -> dict:
+    """probe_attention from the model's full attention matrices (the definition)."""
     cfg, b = ctx.cfg, ctx.batch
     _, acts = get_model(cfg.model.name).apply(params, b, cfg, capture=True)
     q_ok = b.valid & (b.inputs < cfg.data.V)
@@ -114,6 +130,13 @@ def probe_attention(params, params0, ctx: ProbeContext) -> dict:
 def probe_loss(params, params0, ctx: ProbeContext) -> dict:
     """Loss on the eval set and KL(reference || model) at selected positions for the uniform
     (content words), unigram and Bayes-optimal predictors."""
+    if ctx.vocab is not None:
+        return _vocab.probe_loss(params, ctx)
+    return probe_loss_generic(params, params0, ctx)
+
+
+def probe_loss_generic(params, params0, ctx: ProbeContext) -> dict:
+    """probe_loss from the model's logits at every position (the definition)."""
     cfg, b = ctx.cfg, ctx.batch
     logits, _ = get_model(cfg.model.name).apply(params, b, cfg)
     out = {"eval_loss": masked_loss(logits, b, cfg)}
@@ -157,19 +180,29 @@ def probe_dynamics(params, params0, ctx: ProbeContext) -> dict:
 def make_prober(ctx: ProbeContext, names=DEFAULT_PROBES):
     """(params, params0) -> {"probe/stat": (n_seeds,)} for the selected probes.
 
-    Each probe is jitted and vmapped on its own: XLA's CPU compile time grows much faster than
-    linearly when all probes share one program (minutes instead of seconds).
+    With the generic (full-sequence) probes each probe is jitted and vmapped on its own: XLA's
+    CPU compile time grows much faster than linearly when they share one program (minutes
+    instead of seconds).
     """
     unknown = [n for n in names if n not in PROBES]
     if unknown:
         from topicdyn.config import ConfigError
         raise ConfigError(f"probes: unknown {unknown}; allowed: {', '.join(sorted(PROBES))}")
-    fns = {n: jax.jit(jax.vmap(lambda p, p0, n=n: PROBES[n](p, p0, ctx))) for n in names}
+    if ctx.vocab is None:
+        fns = {n: jax.jit(jax.vmap(lambda p, p0, n=n: PROBES[n](p, p0, ctx)),
+                           compiler_options=compile_options()) for n in names}
 
-    def run(params, params0):
-        out = {}
-        for n, fn in fns.items():
-            out.update({f"{n}/{k}": v for k, v in fn(params, params0).items()})
-        return out
+        def run(params, params0):
+            out = {}
+            for n, fn in fns.items():
+                out.update({f"{n}/{k}": v for k, v in fn(params, params0).items()})
+            return out
 
-    return run
+        return run
+
+    # vocabulary-space probes are small: one program for all
+    def all_probes(p, p0):
+        return {f"{n}/{k}": v for n in names for k, v in PROBES[n](p, p0, ctx).items()}
+
+    return jax.jit(jax.vmap(all_probes), compiler_options=compile_options())
+

@@ -5,6 +5,8 @@ probes.jsonl holds one row per checkpoint: {"step": s, "probe/stat": [one value 
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 from pathlib import Path
 
@@ -15,31 +17,93 @@ from topicdyn.config import Config
 
 
 class CheckpointProber:
-    """on_checkpoint hook for run.train: probes every saved checkpoint and appends a row."""
+    """on_checkpoint hook for run.train: probes every saved checkpoint and appends a row.
 
-    def __init__(self, cfg: Config, run_dir: str | Path, names=None, n_eval: int = 80):
-        from topicdyn.probes import DEFAULT_PROBES, make_context, make_prober
+    With background=True (the default) the work runs in a worker thread, in checkpoint order:
+    building the evaluation context and compiling the probes overlap with the compilation and
+    steps of training (XLA releases the GIL), and a checkpoint's probes run while training goes
+    on. The hook keeps a host copy of the parameters (the training chunk donates the state's
+    buffers). close() waits for every queued checkpoint and re-raises a worker error; run.train
+    calls it before returning, so probes.jsonl is complete when train() returns.
+    """
 
+    def __init__(self, cfg: Config, run_dir: str | Path, names=None, n_eval: int = 80,
+                 background: bool = True):
         self.cfg, self.path = cfg, Path(run_dir) / "probes.jsonl"
-        self.fn = make_prober(make_context(cfg, n_eval=n_eval), names or DEFAULT_PROBES)
+        self.names, self.n_eval = names, n_eval
+        self.fn = None
         self.params0 = None
         self.seconds = 0.0  # time spent probing (the benchmark reports it as overhead)
+        self._error: BaseException | None = None
+        self._queue: queue.Queue | None = None
+        if background:
+            self._queue = queue.Queue()
+            self._thread = threading.Thread(target=self._work, name="topicdyn-prober",
+                                            daemon=True)
+            self._thread.start()
+        else:
+            self._setup()
 
-    def __call__(self, step: int, state, run_dir) -> dict:
+    def _setup(self):
+        from topicdyn.probes import DEFAULT_PROBES, make_context, make_prober
+
+        t = time.perf_counter()
+        self.fn = make_prober(make_context(self.cfg, n_eval=self.n_eval),
+                              self.names or DEFAULT_PROBES)
+        self.seconds += time.perf_counter() - t
+
+    def __call__(self, step: int, state, run_dir) -> dict | None:
+        params = jax.device_get(state.params)  # numpy copy, safe from buffer donation
+        if self._queue is None or not self._thread.is_alive():  # synchronous (or closed)
+            if self.fn is None:
+                self._setup()
+            return self._probe(step, params, run_dir)
+        self._check()
+        self._queue.put((step, params, run_dir))
+        return None
+
+    def _probe(self, step: int, params, run_dir) -> dict:
         t = time.perf_counter()
         if self.params0 is None:
-            if step == 0:  # a copy: the training chunk donates (deletes) the state's buffers
-                self.params0 = jax.tree.map(lambda x: jax.numpy.array(x, copy=True), state.params)
+            if step == 0:
+                self.params0 = params
             else:  # resumed run: the reference point is checkpoint 0
                 from topicdyn.checkpoint import load_params
-                self.params0 = jax.tree.map(jax.numpy.asarray, load_params(run_dir, 0)[0])
-        out = jax.device_get(self.fn(state.params, self.params0))
+                self.params0 = jax.device_get(load_params(run_dir, 0)[0])
+        out = jax.device_get(self.fn(params, self.params0))
         row = {"step": int(step)}
         row.update({k: [float(x) for x in np.atleast_1d(v)] for k, v in sorted(out.items())})
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         self.seconds += time.perf_counter() - t
         return row
+
+    def _work(self):
+        try:
+            self._setup()
+        except BaseException as e:  # reported by the next call or close()
+            self._error = e
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._probe(*item)
+                except BaseException as e:
+                    self._error = e
+
+    def _check(self):
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise RuntimeError("probing a checkpoint failed") from err
+
+    def close(self):
+        """Wait until every queued checkpoint is probed; raise if one failed."""
+        if self._queue is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._check()
 
 
 def probe_run(run_dir: str | Path, names=None, n_eval: int = 80) -> Path:
@@ -49,7 +113,7 @@ def probe_run(run_dir: str | Path, names=None, n_eval: int = 80) -> Path:
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
-    prober = CheckpointProber(cfg, run_dir, names, n_eval)
+    prober = CheckpointProber(cfg, run_dir, names, n_eval, background=False)
     tmp = prober.path.with_suffix(".jsonl.tmp")
     tmp.unlink(missing_ok=True)
     prober.path = tmp  # write aside, then replace: an interrupted re-probe loses nothing

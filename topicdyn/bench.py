@@ -1,0 +1,171 @@
+"""Benchmark of the training step against the reference implementation (BRIEF §5).
+
+Each measurement runs in its own subprocess (`python -m topicdyn.bench CASE_JSON`), so that its
+peak resident memory is its own and one compile cache never helps another. The driver
+(`scripts/bench.py`) collects them into results/bench.json.
+
+Cases:
+  step      compile time of the training chunk, then steady-state optimizer steps/s over chunks of
+            `train.chunk` steps (compilation excluded), for n_seeds members under vmap
+  run       a whole `run.train` at the default checkpoint schedule, with or without the probes
+            (the probe overhead is the ratio of the two wall times)
+  loss      per-step losses of the fast path vs the generic formulation on the same seeds
+  matmul    the dense float32 matmul rate of this machine (the hardware roofline of the FLOP ratio)
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+# the reference implementation on the project's 2-core CPU machine (BRIEF §5)
+REFERENCE = {"V": {"steps_per_s": 28.0}, "F": {"steps_per_s": 26.0},
+             "tokens_per_s": 140_000.0, "peak_rss_mb": 600.0}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+
+
+def bench_config(preset: str, n_seeds: int = 1, overrides: tuple[str, ...] = ()):
+    """The reference configuration (the defaults: T=10, v=10, alpha=0.1, N in [100, 150],
+    batch 40, width 104, Adam lr 0.01) for `preset`, with n_seeds members."""
+    from topicdyn.config import preset as make_preset
+
+    return make_preset(preset, [f"train.n_seeds={n_seeds}", *overrides])
+
+
+def content_tokens_per_step(cfg) -> float:
+    """Expected content tokens in one batch of one member (N uniform on [N_min, N_max])."""
+    d = cfg.data
+    return d.batch_size * (d.N_min + d.N_max) / 2.0
+
+
+def generic_flops_per_step(cfg) -> float:
+    """Matmul FLOPs of one optimizer step of one member in the generic formulation: every
+    position of every document runs the projections, scores, attention-weighted values and the
+    decoder (embedding lookups are gathers: 0 FLOPs); backward = 2 x forward."""
+    d, nv, L, B = cfg.d_model, cfg.data.n_vocab, cfg.data.seq_len, cfg.data.batch_size
+    if cfg.model.name == "embedding_only":
+        fwd = 2 * L * d * d + 2 * L * L * d + 2 * L * d * nv
+    else:
+        fwd = 3 * 2 * L * d * d + 2 * 2 * L * L * d + 2 * L * d * nv
+    return 3.0 * B * fwd
+
+
+def case_step(c: dict) -> dict:
+    import jax
+    import numpy as np
+
+    from topicdyn.training import ensemble_seeds, init_state, make_chunk_fn
+
+    cfg = bench_config(c["preset"], c.get("n_seeds", 1), tuple(c.get("overrides", ())))
+    seeds = ensemble_seeds(cfg)
+    state = jax.block_until_ready(init_state(cfg, seeds))
+    K = cfg.train.chunk
+    t = time.perf_counter()
+    fn = make_chunk_fn(cfg).lower(state, seeds, np.int32(0), np.int32(K)).compile()
+    compile_s = time.perf_counter() - t
+    state, m = fn(state, seeds, np.int32(0), np.int32(K))  # warm-up
+    jax.block_until_ready(m)
+    steps, t = K, time.perf_counter()
+    while True:
+        state, m = fn(state, seeds, np.int32(steps), np.int32(K))
+        jax.block_until_ready(m)
+        steps += K
+        el = time.perf_counter() - t
+        if el >= c.get("min_seconds", 8.0) and steps - K >= c.get("min_steps", 5 * K):
+            break
+    rate = (steps - K) / el
+    return {"compile_s": compile_s, "steps_per_s": rate,
+            "member_steps_per_s": rate * cfg.train.n_seeds,
+            "content_tokens_per_s": rate * cfg.train.n_seeds * content_tokens_per_step(cfg),
+            "generic_flops_per_step": generic_flops_per_step(cfg) * cfg.train.n_seeds,
+            "timed_steps": steps - K, "impl": "fast" if _fast(cfg) else "generic"}
+
+
+def _fast(cfg) -> bool:
+    from topicdyn.training import use_fast
+    return use_fast(cfg)
+
+
+def case_run(c: dict) -> dict:
+    from topicdyn.run import train
+
+    cfg = bench_config(c["preset"], 1, tuple(c.get("overrides", ())))
+    with tempfile.TemporaryDirectory() as tmp:
+        hook = None
+        if c.get("probes"):
+            from topicdyn.probes.runner import CheckpointProber
+            hook = CheckpointProber(cfg, tmp)
+        t = time.perf_counter()
+        train(cfg, tmp, progress=False, on_checkpoint=hook)
+        wall = time.perf_counter() - t
+        n_ckpt = sum(1 for _ in open(os.path.join(tmp, "checkpoints.jsonl")))
+    out = {"wall_s": wall, "steps": cfg.train.steps, "checkpoints": n_ckpt}
+    if hook is not None:
+        out["probe_seconds_in_worker"] = hook.seconds
+    return out
+
+
+def case_loss(c: dict) -> dict:
+    """Per-step training losses of the default (fast) and the generic path, same seed and data."""
+    import jax
+    import numpy as np
+
+    from topicdyn.training import ensemble_seeds, init_state, make_chunk_fn
+
+    steps = c.get("steps", 200)
+    out = {}
+    for impl in ("auto", "generic"):
+        cfg = bench_config(c["preset"], 1, (f"model.impl={impl}", f"train.chunk={steps}"))
+        seeds = ensemble_seeds(cfg)
+        _, m = make_chunk_fn(cfg)(init_state(cfg, seeds), seeds, np.int32(0), np.int32(steps))
+        out[impl] = np.asarray(jax.device_get(m["loss"]))[:, 0]
+    diff = np.abs(out["auto"] - out["generic"])
+    return {"steps": steps, "max_abs_loss_diff": float(diff.max()),
+            "final_loss_fast": float(out["auto"][-1]), "final_loss_generic":
+            float(out["generic"][-1]), "mean_loss_fast": float(out["auto"].mean()),
+            "mean_loss_generic": float(out["generic"].mean())}
+
+
+def case_matmul(c: dict) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    n = c.get("n", 2048)
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    jax.block_until_ready(dot(a, b))
+    reps, t = 0, time.perf_counter()
+    while time.perf_counter() - t < c.get("min_seconds", 3.0):
+        jax.block_until_ready(dot(a, b))
+        reps += 1
+    return {"n": n, "flops_per_s": 2.0 * n ** 3 * reps / (time.perf_counter() - t)}
+
+
+CASES = {"step": case_step, "run": case_run, "loss": case_loss, "matmul": case_matmul}
+
+
+def run_case(c: dict) -> dict:
+    """Run one case in this process; adds the process's peak memory and the platform."""
+    import jax
+
+    out = CASES[c["case"]](c)
+    out.update(peak_rss_mb=_peak_rss_mb(), device=jax.devices()[0].device_kind,
+               platform=jax.default_backend())
+    return out
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    print(json.dumps(run_case(json.loads(argv[0]))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The "attention" and "loss" probes computed in vocabulary space (same numbers, far less work).
+
+Without positional encoding a query's attention and output depend only on its input token x and
+on the multiset of key tokens of its document (models/fast.py). On the fixed evaluation set every
+per-position sum of the two probes therefore regroups into sums over (document, token) cells,
+weighted by counts that the evaluation set fixes once (numpy, in `prepare`):
+
+* attention: one key position holding token v gets alpha_h(x, b)[v] = A_h(x, b)[v] / c_b[v], with
+  A_h(x, b) = softmax_v(S_h[x, v] + log c_b[v]) and c_b the key counts. A category sum over
+  (query, key) pairs is sum_{b,x,v} m_b[x] n_b A(x, b)[v] [cat(x, v)] (m_b[x]: queries showing x,
+  n_b: number of keys) and its pair count sum_{b,x,v} m_b[x] c_b[v] [cat(x, v)] is a constant.
+* loss: only selected positions enter, so their (document, token, target) rows are listed once
+  and the model's logits are computed for those rows alone (models/fast._row_logits).
+
+The generic implementations in probes/__init__.py define the probes; tests/test_probes.py checks
+that both agree. `prepare` returns None for a model the fast formulation does not cover, and the
+generic implementations are used.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from topicdyn.config import Config
+from topicdyn.models.fast import _row_logits, _tables, fast_supported
+
+
+def prepare(cfg: Config, batch, labels: np.ndarray, ref_labels: np.ndarray,
+            bayes_logp) -> dict | None:
+    """Host-side constants of the evaluation batch for the vocabulary-space probes."""
+    if not fast_supported(cfg):
+        return None
+    nv, V = cfg.data.n_vocab, cfg.data.V
+    inputs, targets = np.asarray(batch.inputs), np.asarray(batch.targets)
+    keys, sel = np.asarray(batch.key_mask), np.asarray(batch.selected)
+    qok = np.asarray(batch.valid) & (inputs < V)
+    B = inputs.shape[0]
+    c = np.zeros((B, nv))
+    m = np.zeros((B, nv))
+    for b in range(B):
+        c[b] = np.bincount(inputs[b][keys[b]], minlength=nv)
+        m[b] = np.bincount(inputs[b][qok[b]], minlength=nv)
+    n = c.sum(1)
+    out = {"c": c, "n": n, "inv_c": np.where(c > 0, 1.0 / np.maximum(c, 1), 0.0)}
+    eye = np.eye(nv, dtype=bool)
+    for tag, lab in (("", np.asarray(labels)), ("ref_", np.asarray(ref_labels))):
+        ok = lab >= 0
+        mq = m * ok[None, :]  # queries with a topic (content words: always)
+        both = ok[:, None] & ok[None, :]
+        same = lab[:, None] == lab[None, :]
+        cats = {"same_token": both & eye, "same_topic": both & same & ~eye,
+                "cross_topic": both & ~same, "same_topic_all": both & same}
+        for name, cat in cats.items():
+            out[f"{tag}{name}/mask"] = cat.astype(np.float32)
+            out[f"{tag}{name}/pairs"] = max(float(np.einsum("bx,xv,bv->", mq, cat, c)), 1.0)
+        out[f"{tag}m"] = mq
+        out[f"{tag}n_queries"] = max(float(mq.sum()), 1.0)
+    b_idx, pos = np.nonzero(sel)
+    out["sel_doc"], out["sel_x"] = b_idx.astype(np.int32), inputs[b_idx, pos].astype(np.int32)
+    out["sel_y"] = targets[b_idx, pos].astype(np.int32)
+    if bayes_logp is not None:
+        out["sel_bayes"] = np.asarray(bayes_logp)[b_idx, pos]
+    return {k: (jnp.asarray(v, jnp.int32) if k in ("sel_doc", "sel_x", "sel_y") else
+                jnp.asarray(v, jnp.float32)) for k, v in out.items()}
+
+
+def _key_attention(params, batch, cfg: Config, vc: dict):
+    """A (B, nv_query, nv_key): head-averaged attention of query token x in document b summed
+    over the key positions holding each token v (zero for a document without keys)."""
+    nv = cfg.data.n_vocab
+    B = batch.inputs.shape[0]
+    if cfg.model.name == "embedding_only":  # uniform over the keys: A = c_b / n_b for every x
+        a = vc["c"] / jnp.maximum(vc["n"], 1.0)[:, None]
+        return jnp.broadcast_to(a[:, None, :], (B, nv, nv))
+    tables, data = _tables(params, batch, cfg)
+    scores = tables["S"][:, None, :, :] + data["logc"][None, :, None, :]  # (H, B, x, v)
+    A = jnp.mean(jax.nn.softmax(scores, axis=-1), axis=0)
+    return jnp.where(data["has_key"][:, None, None], A, 0.0)
+
+
+def probe_attention(params, ctx) -> dict:
+    """= probes.probe_attention (correct and reference labelling), in vocabulary space."""
+    vc, cfg = ctx.vocab, ctx.cfg
+    A = _key_attention(params, ctx.batch, cfg, vc)
+    n = vc["n"][:, None, None]
+    # KL(a_i || uniform over the keys) per (document, query token): sum_v A log(A n / c)
+    t = A * n * vc["inv_c"][:, None, :]
+    kl = jnp.sum(jnp.where(A > 0, A * jnp.log(jnp.where(A > 0, t, 1.0)), 0.0), axis=-1)
+    out = {}
+    for tag in ("", "ref_"):
+        w = vc[f"{tag}m"][:, :, None] * n * A  # m_b[x] n_b A(x, b)[v]
+        s = {name: jnp.sum(w * vc[f"{tag}{name}/mask"][None]) / vc[f"{tag}{name}/pairs"]
+             for name in ("same_token", "same_topic", "cross_topic", "same_topic_all")}
+        s["ratio"] = s["same_topic"] / jnp.maximum(s["cross_topic"], 1e-12)
+        s["ratio_all"] = s["same_topic_all"] / jnp.maximum(s["cross_topic"], 1e-12)
+        s["kl_uniform"] = jnp.sum(vc[f"{tag}m"] * kl) / vc[f"{tag}n_queries"]
+        out.update({f"{tag}{k}": v for k, v in s.items()})
+    return out
+
+
+def probe_loss(params, ctx) -> dict:
+    """= probes.probe_loss, from the logits of the selected positions only."""
+    vc, cfg = ctx.vocab, ctx.cfg
+    V, nv = cfg.data.V, cfg.data.n_vocab
+    tables, data = _tables(params, ctx.batch, cfg)
+    logits = _row_logits(tables, data, vc["sel_doc"], vc["sel_x"], cfg)  # (R, nv)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    n = max(int(vc["sel_y"].shape[0]), 1)
+    y = vc["sel_y"]
+    if cfg.model.loss == "ce":
+        per = -jnp.take_along_axis(logp, y[:, None], axis=-1)[:, 0]
+    else:
+        per = jnp.sum((logits - jax.nn.one_hot(y, nv, dtype=logits.dtype)) ** 2, axis=-1)
+    out = {"eval_loss": jnp.sum(per) / n}
+
+    def kl_from(q):  # q (..., nv) reference probabilities
+        t = jnp.where(q > 0, q * (jnp.log(jnp.where(q > 0, q, 1.0)) - logp), 0.0)
+        return jnp.sum(t) / n
+
+    out["kl_uniform"] = kl_from(jnp.where(jnp.arange(nv) < V, 1.0 / V, 0.0)[None])
+    out["kl_unigram"] = kl_from(ctx.unigram[None])
+    if "sel_bayes" in vc:
+        out["kl_bayes"] = kl_from(jnp.exp(vc["sel_bayes"]))
+        out["bayes_loss"] = -jnp.sum(jnp.take_along_axis(vc["sel_bayes"], y[:, None], -1)) / n
+    return out
