@@ -146,8 +146,9 @@ _MT_CANDIDATES = 4
 
 
 def _open_unit(r: jax.Array) -> jax.Array:
-    """uint32 -> float32 uniform in (0, 1) (24 random bits, never 0 or 1)."""
-    return ((r >> 8).astype(jnp.float32) + 0.5) * jnp.float32(2.0 ** -24)
+    """uint32 -> float32 uniform in (0, 1): 23 random bits, so that the largest value,
+    1 - 2^-24, is still a float32 below 1 (with 24 bits it would round to 1)."""
+    return ((r >> 9).astype(jnp.float32) + 0.5) * jnp.float32(2.0 ** -23)
 
 
 def _normal(r: jax.Array) -> jax.Array:

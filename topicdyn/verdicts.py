@@ -196,10 +196,11 @@ def judge(row: dict, theory: dict, cfg: Config, prev: dict | None = None,
     if g("loss/bayes_loss") is not None and cfg.model.loss == "ce":  # a CE floor
         floor = float(np.mean(g("loss/bayes_loss")))
         gap = [a - b for a, b in zip(g("loss/eval_loss"), g("loss/bayes_loss"))]
-        out.append(_claim(
-            "excess loss over the Bayes floor", "(reported)", floor, gap, 0.0,
-            lambda v: True, None, "eval loss minus Bayes-optimal loss on the same "
-            "positions; always 'pass': a distance, not a claim"))
+        c = _claim("excess loss over the Bayes floor", "(reported)", floor, gap, 0.0,
+                   lambda v: True, None, "eval loss minus Bayes-optimal loss on the same "
+                   "positions: a distance, not a claim")
+        c["verdict"] = "reported"
+        out.append(c)
     return out
 
 

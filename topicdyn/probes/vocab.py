@@ -12,8 +12,8 @@ weighted by counts that the evaluation set fixes once (numpy, in `prepare`):
 * loss: only selected positions enter, so their (document, token, target) rows are listed once
   and the model's logits are computed for those rows alone (models/fast._row_logits).
 
-The generic implementations in probes/__init__.py define the probes; tests/test_probes.py checks
-that both agree. `prepare` returns None for a model the fast formulation does not cover, and the
+The generic implementations in probes/__init__.py define the probes;
+tests/test_vocab_probes.py checks that both agree. `prepare` returns None for a model the fast formulation does not cover, and the
 generic implementations are used.
 """
 from __future__ import annotations
