@@ -1,4 +1,4 @@
-"""Command line: `topicdyn train | info` (later: probe, plot, report, sweep).
+"""Command line: `topicdyn train | probe | plot | report | info | sweep`.
 
 Bad input exits with code 2 and one line on stderr; nothing already written is touched.
 """
@@ -42,6 +42,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="config, checkpoints and last metrics of a run")
     i.add_argument("run_dir", type=Path)
+
+    pl = sub.add_parser("plot", help="regenerate every figure of a run into RUN_DIR/figures/")
+    pl.add_argument("run_dir", type=Path)
+
+    rp = sub.add_parser("report", help="write RUN_DIR/report.md: claims table at the last "
+                                       "checkpoint, figures, theory assumptions")
+    rp.add_argument("run_dir", type=Path)
+    rp.add_argument("--no-plots", action="store_true",
+                    help="do not draw missing figures (by default they are drawn first)")
+
+    sw = sub.add_parser("sweep", help="run a sweep spec (grid x seeds; resumable)",
+                        description="Run a sweep spec (JSON, YAML or a .py file defining SPEC; "
+                                    "see scripts/sweeps/). Re-running skips finished points and "
+                                    "resumes interrupted ones.")
+    sw.add_argument("spec", type=Path)
+    sw.add_argument("--out", type=Path, help="sweep directory (default: the spec's out, or "
+                                             "runs/sweeps/<name>)")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="validate the spec and print the groups and what would run")
+    sw.add_argument("--summary-only", action="store_true",
+                    help="only rewrite sweep_summary.* and the figures from the points' files")
+    sw.add_argument("--distributed", action="store_true",
+                    help="call jax.distributed.initialize() first (one process per host, e.g. "
+                         "under Slurm); the member axis then spans every host's devices")
+    sw.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed outside "
+                    "Slurm/MPI/TPU pods: the coordinator (process 0) address ...")
+    sw.add_argument("--num-processes", type=int, help="... the number of processes ...")
+    sw.add_argument("--process-id", type=int, help="... and this process's index")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -86,6 +115,7 @@ def cmd_train(a) -> int:
     _print_summary(run_dir)
     if not a.no_probes:
         _print_verdicts(Path(run_dir))
+        _figures_and_report(Path(run_dir))
     print(f"done: {run_dir}")
     return 0
 
@@ -145,6 +175,41 @@ def cmd_probe(a) -> int:
     return 0
 
 
+def _figures_and_report(run_dir: Path) -> None:
+    """End of a probed training run: figures and report.md. A plotting failure does not fail
+    the run (its data are all on disk); it says how to retry."""
+    try:
+        from topicdyn.plots import plot_run
+        from topicdyn.report import write_report
+
+        plot_run(run_dir)
+        print(f"report: {write_report(run_dir)} (figures in {run_dir / 'figures'})")
+    except Exception as e:  # noqa: BLE001
+        print(f"figures/report failed ({type(e).__name__}: {e}); retry with: topicdyn plot "
+              f"{run_dir} && topicdyn report {run_dir}", file=sys.stderr)
+
+
+def cmd_plot(a) -> int:
+    from topicdyn.plots import plot_run
+
+    _require_run(a.run_dir)
+    for f in plot_run(a.run_dir):
+        print(f"wrote {f}")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from topicdyn.report import last_claims, write_report
+
+    _require_run(a.run_dir)
+    last_claims(a.run_dir)  # a run without probes or theory fails here, before any plotting
+    if not a.no_plots and not (a.run_dir / "figures").is_dir():
+        from topicdyn.plots import plot_run
+        plot_run(a.run_dir)
+    print(f"wrote {write_report(a.run_dir)}")
+    return 0
+
+
 def cmd_info(a) -> int:
     from topicdyn.checkpoint import list_checkpoints
     from topicdyn.run import read_metrics
@@ -168,10 +233,55 @@ def cmd_info(a) -> int:
     return 0
 
 
+def cmd_sweep(a) -> int:
+    from topicdyn.sweep import load_spec
+
+    spec = load_spec(a.spec, out=a.out)  # validates every point before anything runs
+    if a.summary_only or a.dry_run:
+        return _sweep_offline(spec, a.dry_run)
+    if a.distributed or a.coordinator:
+        import jax
+        # Slurm, Open MPI and TPU pods: None = read from the environment
+        jax.distributed.initialize(a.coordinator, a.num_processes, a.process_id)
+    from topicdyn.sweep import run_sweep
+
+    try:
+        report = run_sweep(spec, progress=not a.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; re-run the same command to resume ({spec.out})", file=sys.stderr)
+        return 130
+    if "summary" in report:
+        counts: dict = {}
+        for v in report["points"].values():
+            k = v.split(" from ")[0]
+            counts[k] = counts.get(k, 0) + 1
+        print("points: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+        print(f"summary: {report['summary']}")
+        for f in report.get("figures", []):
+            print(f"wrote {f}")
+    return 0
+
+
+def _sweep_offline(spec, dry_run: bool) -> int:
+    """--dry-run: the plan; --summary-only: sweep_summary.* and figures from files."""
+    if dry_run:
+        from topicdyn.sweep.execute import describe_plan
+        print("\n".join(describe_plan(spec)))
+        return 0
+    from topicdyn.sweep import write_summary
+    from topicdyn.sweep.plots import plot_sweep
+
+    print(f"wrote {write_summary(spec)}")
+    for f in plot_sweep(spec):
+        print(f"wrote {f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "info": cmd_info, "probe": cmd_probe}[args.cmd](args)
+        return {"train": cmd_train, "info": cmd_info, "probe": cmd_probe, "plot": cmd_plot,
+                "report": cmd_report, "sweep": cmd_sweep}[args.cmd](args)
     except ConfigError as e:
         print(f"topicdyn: error: {e}", file=sys.stderr)
         return 2

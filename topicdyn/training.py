@@ -7,6 +7,7 @@ the loss at selected positions, update through optax (frozen groups masked with 
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -14,13 +15,17 @@ import jax.numpy as jnp
 import optax
 
 from topicdyn.config import PARAM_GROUPS, Config
-from topicdyn.masking import sample_batch
+from topicdyn.masking import MLMBatch, sample_batch
 from topicdyn.models import get_model
-from topicdyn.models.fast import fast_loss, fast_supported
+from topicdyn.models.fast import (fast_loss, fast_supported, lean_loss, lean_supported,
+                                  structural_constants)
 from topicdyn.models.transformer import PARAM_GROUP, fixed_groups
+from topicdyn.xla import compile_options
 
 # independent random streams derived from one seed
 INIT_STREAM, DATA_STREAM, EVAL_STREAM = 0, 1, 2
+# steps whose batches are sampled together (make_chunk_fn)
+SAMPLE_BLOCK = 10
 
 
 def stream_key(seed, stream: int) -> jax.Array:
@@ -80,20 +85,26 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
             return optax.adamw(lr, o.b1, o.b2, o.eps, weight_decay=o.weight_decay)
         return optax.sgd(lr, momentum=o.momentum or None)
 
+    # groups with the same settings share one optimiser instance (one step count, one fused
+    # update per leaf): labels name the groups they cover, e.g. "decoder+embedding+value"
+    train = trainable_groups(cfg)
+    spec = {g: (mult.get(g, 1.0), unfreeze.get(g)) for g in train}
+    label = {g: "+".join(sorted(h for h in train if spec[h] == spec[g])) for g in train}
     transforms = {"frozen": optax.set_to_zero()}
-    for g in trainable_groups(cfg):
-        tx = base(mult.get(g, 1.0))
-        if g in unfreeze:
+    for g in sorted(train):
+        if label[g] in transforms:
+            continue
+        tx = base(spec[g][0])
+        if spec[g][1] is not None:
             # zero the gradient before the optimiser (moments stay 0) and the update after it
             # (weight decay stays off) until the unfreezing step
             gate = optax.scale_by_schedule(
-                lambda t, s=unfreeze[g]: (t >= s).astype(jnp.float32))
+                lambda t, s=spec[g][1]: (t >= s).astype(jnp.float32))
             tx = optax.chain(gate, tx, gate)
-        transforms[g] = tx
-    train = trainable_groups(cfg)
+        transforms[label[g]] = tx
 
     def labels(params):
-        return jax.tree.map(lambda g: g if g in train else "frozen", param_labels(params))
+        return jax.tree.map(lambda g: label.get(g, "frozen"), param_labels(params))
 
     tx = optax.multi_transform(transforms, labels)
     if o.grad_clip is not None:
@@ -123,6 +134,15 @@ def loss_fn(params, batch, cfg: Config) -> jax.Array:
     return masked_loss(logits, batch, cfg)
 
 
+def train_loss_fn(params, batch, cfg: Config) -> jax.Array:
+    """The loss the training step differentiates: loss_fn, except that matrices the variant holds
+    frozen at a known constant (identity embedding/decoder, zero W^Q/W^K) are used as constants
+    (models/fast.lean_loss), which is exact for every state training can reach."""
+    if use_fast(cfg) and lean_supported(cfg):
+        return lean_loss(params, batch, cfg, const=structural_constants(cfg, trainable_groups(cfg)))
+    return loss_fn(params, batch, cfg)
+
+
 def use_fast(cfg: Config) -> bool:
     if cfg.model.impl == "generic":
         return False
@@ -145,56 +165,121 @@ def group_norms(tree: dict, groups: set[str] | None = None) -> dict:
     return out
 
 
-def init_state(cfg: Config, seeds: jax.Array) -> TrainState:
-    """Ensemble state: every leaf has a leading axis of len(seeds)."""
+def init_state(cfg: Config, seeds: jax.Array,
+               init_scales: jax.Array | None = None) -> TrainState:
+    """Ensemble state: every leaf has a leading axis of len(seeds).
+
+    init_scales: optional (len(seeds),) per-member model.init_scale (sweeps vmap it). The groups
+    drawn with init_scale (no explicit model.init_<group>) are drawn at std 1 and multiplied by
+    the member's scale: bit-identical to a run with model.init_scale set to that value, because
+    flax's normal initialiser is exactly normal(key) * std.
+    """
     model, tx = get_model(cfg.model.name), make_optimizer(cfg)
 
-    def one(seed):
-        params = model.init(stream_key(seed, INIT_STREAM), cfg)
+    def at_scale(s):
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_scale=s))
+
+    def one(seed, scale=None):
+        key = stream_key(seed, INIT_STREAM)
+        if scale is None:
+            params = model.init(key, cfg)
+        else:
+            # std 0 draws exact zeros and std 1 the unit normals; fixed matrices (and explicit
+            # per-group stds) are equal in both, so p0 + (p1 - p0) * scale leaves them unchanged
+            p1, p0 = model.init(key, at_scale(1.0)), model.init(key, at_scale(0.0))
+            params = jax.tree.map(lambda a, b: b + (a - b) * scale, p1, p0)
         return TrainState(params, tx.init(params))
 
-    return jax.jit(jax.vmap(one))(seeds)
+    # no compiler_options here: callers trace init_state (jax.eval_shape), where jit refuses them
+    if init_scales is None:
+        return jax.jit(jax.vmap(one))(seeds)
+    return jax.jit(jax.vmap(one))(seeds, jnp.asarray(init_scales, jnp.float32))
 
 
-def make_step(cfg: Config):
-    """(state, seed, step) -> (state, metrics) for one ensemble member."""
+def train_batch(seed, step, cfg: Config) -> MLMBatch:
+    """The training batch at `step`, reduced to the fields the loss reads."""
+    b = sample_batch(data_key(seed, step), cfg.data, cfg.mask)
+    return MLMBatch(b.inputs, b.targets, b.selected, b.key_mask, None, None, None, None)
+
+
+def make_update(cfg: Config):
+    """(state, batch, lr_scale=None) -> (state, metrics) for one ensemble member: loss, gradient,
+    optax. lr_scale (a scalar) multiplies the update: with cfg.optim.lr = 1 it is the member's
+    learning rate (sweeps vmap it)."""
     tx = make_optimizer(cfg)
     # norms of frozen groups' gradients are not asked for, so XLA never computes those gradients
     train = trainable_groups(cfg)
 
-    def step_fn(state: TrainState, seed, step):
-        batch = sample_batch(data_key(seed, step), cfg.data, cfg.mask)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, cfg)
+    def update(state: TrainState, batch, lr_scale=None):
+        loss, grads = jax.value_and_grad(train_loss_fn)(state.params, batch, cfg)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        if lr_scale is not None:
+            # every optimiser and schedule here is linear in optim.lr (the learning rate is the
+            # last factor of the update), so scaling the update is a per-member learning rate
+            updates = jax.tree.map(lambda u: u * lr_scale.astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, opt_state), {"loss": loss, "grad_norm": group_norms(grads, train)}
+
+    return update
+
+
+def make_step(cfg: Config):
+    """(state, seed, step) -> (state, metrics) for one ensemble member."""
+    update = make_update(cfg)
+
+    def step_fn(state: TrainState, seed, step):
+        return update(state, train_batch(seed, step, cfg))
 
     return step_fn
 
 
 def make_chunk_fn(cfg: Config):
-    """jit((state, seeds, start, n) -> (state, metrics)): run steps start..start+n-1.
+    """jit((state, seeds, start, n, lr_scale=None) -> (state, metrics)): steps start..start+n-1.
 
-    One compiled program for every chunk: lax.scan over a fixed capacity cfg.train.chunk, with
-    iterations i >= n skipped by lax.cond, so log-spaced checkpoint gaps never trigger a
-    recompile. metrics leaves have shape (chunk, n_seeds); rows i >= n are zeros.
+    lr_scale: optional (n_seeds,) per-member factor on the update (see make_update); None runs
+    the unscaled program.
+
+    One compiled program for every chunk: a loop of n steps (n <= cfg.train.chunk, a traced
+    value), so log-spaced checkpoint gaps never trigger a recompile. metrics leaves have shape
+    (chunk, n_seeds); rows i >= n are zeros.
+
+    Batches do not depend on the parameters, so they are sampled ahead, SAMPLE_BLOCK steps at a
+    time under vmap (few large kernels instead of many small ones per step), and the steps of the
+    block then read them. A batch is thus materialised once: sampled inside the step, XLA would
+    fuse (recompute) the sampler into every consumer of the batch. The batch of step t is exactly
+    train_batch(seed, t); at most SAMPLE_BLOCK - 1 sampled batches per chunk go unused.
     """
-    step_fn = jax.vmap(make_step(cfg), in_axes=(0, 0, None))
+    update_one = make_update(cfg)
+    update = jax.vmap(update_one)
+    sample = jax.vmap(lambda s, t: train_batch(s, t, cfg), in_axes=(0, None))
     K = cfg.train.chunk
+    Kb = max(1, min(K, SAMPLE_BLOCK))
 
-    def chunk(state, seeds, start, n):
-        out_shape = jax.eval_shape(step_fn, state, seeds, start)[1]
+    def chunk(state, seeds, start, n, lr_scale=None):
+        n = jnp.minimum(n, K)
+        one = sample(seeds, start)
+        if lr_scale is None:
+            upd = update
+        else:
+            upd = lambda s, b: jax.vmap(update_one)(s, b, lr_scale)  # noqa: E731
+        out_shape = jax.eval_shape(upd, state, one)[1]
+        metrics = jax.tree.map(lambda x: jnp.zeros((K,) + x.shape, x.dtype), out_shape)
 
-        def body(state, i):
-            return jax.lax.cond(
-                i < n,
-                lambda s: step_fn(s, seeds, start + i),
-                lambda s: (s, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), out_shape)),
-                state)
+        def block(b, carry):
+            first = b * Kb
+            batches = jax.vmap(lambda t: sample(seeds, t))(start + first + jnp.arange(Kb))
 
-        return jax.lax.scan(body, state, jnp.arange(K))
+            def step(j, carry):
+                state, metrics = carry
+                state, m = upd(state, jax.tree.map(lambda x: x[j], batches))
+                metrics = jax.tree.map(lambda buf, x: buf.at[first + j].set(x), metrics, m)
+                return state, metrics
 
-    return jax.jit(chunk, donate_argnums=(0,))
+            return jax.lax.fori_loop(0, jnp.minimum(Kb, n - first), step, carry)
+
+        return jax.lax.fori_loop(0, (n + Kb - 1) // Kb, block, (state, metrics))
+
+    return jax.jit(chunk, donate_argnums=(0,), compiler_options=compile_options())
 
 
 def ensemble_seeds(cfg: Config) -> jax.Array:

@@ -12,6 +12,7 @@ gaps unchanged (they are differences within a row) and makes levels comparable a
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -48,9 +49,21 @@ def block_stats(M: jnp.ndarray, word_topic: np.ndarray) -> dict:
 
 
 def stable_rank(M: jnp.ndarray) -> jnp.ndarray:
-    """||M||_F^2 / ||M||_2^2 (0 for the zero matrix)."""
-    s = jnp.linalg.svd(M, compute_uv=False)
-    return jnp.where(s[0] > 0, jnp.sum(s ** 2) / jnp.maximum(s[0] ** 2, 1e-30), 0.0)
+    """||M||_F^2 / ||M||_2^2 (0 for the zero matrix).
+
+    The singular values come from numpy on the host (a callback), not from XLA:CPU's LAPACK
+    kernels: a batched (vmapped) SVD or eigh kernel blocks an intra-op pool thread while it
+    waits for the tasks it queued in that pool, so two running at once (the dynamics probe takes
+    two stable ranks; probes run beside training) deadlock a 2-thread pool. Probes run once
+    per checkpoint on small matrices, so the host round trip costs nothing that matters."""
+    def host(m):
+        s = np.linalg.svd(np.asarray(m, np.float64), compute_uv=False)  # (..., k), descending
+        top = s[..., 0] ** 2
+        out = np.where(top > 0, np.sum(s ** 2, axis=-1) / np.maximum(top, 1e-300), 0.0)
+        return np.asarray(out, np.float32)
+
+    return jax.pure_callback(host, jax.ShapeDtypeStruct(M.shape[:-2], jnp.float32), M,
+                             vmap_method="expand_dims")
 
 
 def reference_topic_labels(V: int, v: int) -> np.ndarray:

@@ -1,0 +1,168 @@
+"""RUN_DIR/report.md: the claims table at the last checkpoint, figures, theory assumptions.
+
+`write_report(run_dir)` reads config.json, theory.json, probes.jsonl and verdicts.jsonl (the
+verdicts are recomputed in memory when verdicts.jsonl is missing) and links the figures found in
+RUN_DIR/figures (`topicdyn plot`). Used by `topicdyn report` and at the end of `topicdyn train`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from topicdyn.config import Config, ConfigError
+
+FIGURES = (  # file, caption
+    ("loss.png", "Eval loss with the predicted plateau(s) and the Bayes floor; KL from simple "
+                 "predictors"),
+    ("blocks.png", "Same-topic minus cross-topic gaps of the Gram, value and score maps "
+                   "(theory dashed)"),
+    ("attention.png", "Same/cross-topic attention ratios (correct and reference labelling), "
+                      "attention per key category, KL from uniform"),
+    ("two_stage.png", "Normalised change of W^V, E and W^Q W^K^T with t50 markers"),
+    ("matrices.png", "Embedding Gram, value map and score map at the last checkpoint, sorted "
+                     "by topic"),
+    ("attention_maps.png", "Attention of sample evaluation documents, tokens sorted by topic"),
+    ("value_map.gif", "The value map over every checkpoint"),
+    ("score_map.gif", "The score map over every checkpoint"),
+)
+
+
+def fmt(x, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, (int, float)):
+        if isinstance(x, float) and not math.isfinite(x):
+            return "n/a"
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def cell(text) -> str:
+    """A markdown table cell: pipes escaped, no newlines."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def measured(c: dict, n_seeds: int) -> str:
+    if n_seeds > 1:
+        return f"{fmt(c['measured'])} ± {fmt(c['sd'], 2)}"
+    return fmt(c["measured"])
+
+
+def claims_table(claims: list[dict], n_seeds: int, how: bool = True) -> str:
+    """claim | paper's statement | predicted | measured mean ± sd | verdict [| tolerance / how]."""
+    head = ["claim", "paper's statement", "predicted", f"measured (mean ± sd, {n_seeds} seed"
+            f"{'s' if n_seeds > 1 else ''})", "verdict"] + (["tolerance / how"] if how else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in claims:
+        row = [c["claim"], c["paper"], fmt(c["predicted"]), measured(c, n_seeds),
+               f"**{c['verdict']}**"]
+        if how:
+            tol = f"tolerance {fmt(c['tolerance'], 3)}; " if c.get("tolerance") else ""
+            extra = ""
+            if "t50_value" in c:
+                extra = f" (t50 W^V = {fmt(c['t50_value'])}, t50 QK = {fmt(c['t50_qk'])})"
+            row.append(tol + c.get("how", "") + extra)
+        lines.append("| " + " | ".join(cell(x) for x in row) + " |")
+    return "\n".join(lines)
+
+
+def last_claims(run_dir: str | Path) -> tuple[int, list[dict]]:
+    """(step, claims) at the last probed checkpoint: verdicts.jsonl, else judged in memory."""
+    from topicdyn.plots.common import read_jsonl
+
+    run_dir = Path(run_dir)
+    rows = read_jsonl(run_dir / "verdicts.jsonl")
+    if rows:
+        return rows[-1]["step"], rows[-1]["claims"]
+    probes = read_jsonl(run_dir / "probes.jsonl")
+    if not probes:
+        raise ConfigError(f"run_dir: {run_dir} has no probes.jsonl; probe it first "
+                          f"(topicdyn probe {run_dir})")
+    if not (run_dir / "theory.json").exists():
+        raise ConfigError(f"run_dir: {run_dir} has no theory.json; run topicdyn probe "
+                          f"{run_dir} to compute it")
+    from topicdyn.verdicts import judge_run
+    return probes[-1]["step"], judge_run(run_dir, write=False)
+
+
+def assumptions_summary(theory: dict) -> list[str]:
+    """Bullet lines: each theory block's assumptions, shared entries listed once."""
+    out, seen = [], {}
+    for block, title in (("bayes", "Bayes floor"), ("uniform_attention",
+                                                     "uniform-attention optimum (V/E/F stage 1)"),
+                         ("attention", "regime-A optimum")):
+        b = theory.get(block)
+        if not b or "assumptions" not in b:
+            continue
+        items = []
+        for k, v in b["assumptions"].items():
+            text = v if isinstance(v, str) else json.dumps(v)
+            if seen.get(k) == text:
+                continue
+            seen[k] = text
+            items.append(f"  - {k}: {text}")
+        out.append(f"- **{title}**" + (":" if items else " (as above)"))
+        out += items
+    if theory.get("note"):
+        out.append(f"- note: {theory['note']}")
+    return out
+
+
+def config_summary(cfg: Config) -> str:
+    d, m, k, o, t = cfg.data, cfg.model, cfg.mask, cfg.optim, cfg.train
+    return (f"preset **{cfg.preset}**; data T={d.T}, v={d.v}, alpha={d.alpha:g}, N in "
+            f"[{d.N_min}, {d.N_max}], batch {d.batch_size}; model {m.name} (embedding "
+            f"{m.embedding}, attention {m.attention}, W^V {m.value}, decoder {m.decoder}, "
+            f"{m.loss} loss, init scale {m.init_scale:g}); masking p_mask={k.p_mask:g}, "
+            f"MASK/random/keep = {k.p_replace_mask:g}/{k.p_replace_random:g}/{k.p_keep:g}, "
+            f"keys {k.key_set}; {o.name} lr {o.lr:g}; {t.steps} steps, {t.n_seeds} seed"
+            f"{'s' if t.n_seeds > 1 else ''} from {t.seed}")
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write RUN_DIR/report.md (or `out`); returns its path. ConfigError if the run has no
+    config, probes or theory."""
+    from topicdyn.plots.common import read_jsonl, read_theory, require_run
+
+    run_dir = Path(run_dir)
+    cfg = require_run(run_dir)
+    step, claims = last_claims(run_dir)
+    theory = read_theory(run_dir)
+    n = cfg.train.n_seeds
+    lines = [f"# Run report: {run_dir.name}", "", config_summary(cfg) + ".", ""]
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    timing = read_jsonl(run_dir / "timing.jsonl")
+    if metrics:
+        last = metrics[-1]
+        lines.append(f"Training loss at step {last['step']} (mean over seeds, since the previous "
+                     f"log row): {sum(last['loss']) / len(last['loss']):.4f}.")
+    if timing:
+        rates = sorted(r["steps_per_s"] for r in timing)
+        lines.append(f"Throughput: median {rates[len(rates) // 2]:.0f} steps/s "
+                     f"({n} seed{'s' if n > 1 else ''} per step).")
+    lines += ["", f"## Claims at the last checkpoint (step {step})", "",
+              claims_table(claims, n), "",
+              "Verdicts: *pass* / *fail* / *not yet converged* (a failing value that still "
+              "moved by more than a fifth of its tolerance since the previous checkpoint); *reported*: "
+              "a distance shown for information, not a claim. "
+              "Every checkpoint's verdicts are in `verdicts.jsonl`; probe values in "
+              "`probes.jsonl`.", ""]
+    fig_dir = run_dir / "figures"
+    present = [(f, c) for f, c in FIGURES if (fig_dir / f).exists()]
+    lines += ["## Figures", ""]
+    if present:
+        out_path = Path(out) if out is not None else run_dir / "report.md"
+        rel = Path("figures") if out_path.parent.resolve() == run_dir.resolve() else fig_dir
+        for f, caption in present:
+            lines += [f"**{caption}** (`{f}`)", "", f"![{caption}]({(rel / f).as_posix()})", ""]
+    else:
+        lines += [f"No figures yet: `topicdyn plot {run_dir}` writes them to figures/.", ""]
+    lines += ["## Theory: what the predictions assume", ""]
+    summary = assumptions_summary(theory)
+    lines += (summary or ["theory.json has no predictions for this config."]) + [""]
+    path = Path(out) if out is not None else run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,5 @@
+import sys
+
+from topicdyn.reproduce.cli import main
+
+sys.exit(main())
