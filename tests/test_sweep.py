@@ -185,6 +185,16 @@ def test_resume_skips_finished_and_resumes_interrupted(tmp_path):
     assert rows[1]["final_loss"] == read_metrics(ref)[-1]["loss"][0]
     assert any(f.suffix == ".png" for f in (out / "figures").iterdir())
     assert run_sweep(spec, **quiet)["points"] == {"T=2": "skipped", "T=3": "skipped"}
+    # --publish copies the summary table and every figure (what results/sweeps/ commits)
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps({**base, "grid": {"data.T": [2, 3]}}))
+    dest = tmp_path / "published"
+    (dest).mkdir()
+    (dest / "stale.png").write_bytes(b"old")
+    assert main(["sweep", str(f), "--summary-only", "--publish", str(dest)]) == 0
+    pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert sorted(p.name for p in dest.glob("*.png")) == pngs and pngs
+    assert (dest / "sweep_summary.csv").read_bytes() == (out / "sweep_summary.csv").read_bytes()
 
 
 @pytest.mark.slow

@@ -107,7 +107,11 @@ def case_run(c: dict) -> dict:
         n_ckpt = sum(1 for _ in open(os.path.join(tmp, "checkpoints.jsonl")))
     out = {"wall_s": wall, "steps": cfg.train.steps, "checkpoints": n_ckpt}
     if hook is not None:
+        # one-time (evaluation set, Bayes table, first call = compile) vs per checkpoint
+        times = hook.probe_seconds
         out["probe_seconds_in_worker"] = hook.seconds
+        out["probe_fixed_s"] = hook.setup_seconds + times[0]
+        out["probe_per_checkpoint_s"] = float(sum(times[1:]) / max(1, len(times) - 1))
     return out
 
 
@@ -163,6 +167,8 @@ def run_case(c: dict) -> dict:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from topicdyn.process import limit_malloc_arenas
+    limit_malloc_arenas()  # as the CLI does, before jax is imported
     print(json.dumps(run_case(json.loads(argv[0]))))
     return 0
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from topicdyn.config import PRESETS, Config, ConfigError, apply_overrides, load_config, preset
+from topicdyn.process import limit_malloc_arenas
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--num-processes", type=int, help="... the number of processes ...")
     sw.add_argument("--process-id", type=int, help="... and this process's index")
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sw.add_argument("--publish", type=Path, metavar="DIR",
+                    help="then copy sweep_summary.csv and the figures (PNG) into DIR, e.g. "
+                         "results/sweeps/<name> (what the project commits)")
     return p
 
 
@@ -238,7 +242,8 @@ def cmd_sweep(a) -> int:
 
     spec = load_spec(a.spec, out=a.out)  # validates every point before anything runs
     if a.summary_only or a.dry_run:
-        return _sweep_offline(spec, a.dry_run)
+        rc = _sweep_offline(spec, a.dry_run)
+        return _publish(spec, a.publish) if rc == 0 and a.publish and not a.dry_run else rc
     if a.distributed or a.coordinator:
         import jax
         # Slurm, Open MPI and TPU pods: None = read from the environment
@@ -259,6 +264,26 @@ def cmd_sweep(a) -> int:
         print(f"summary: {report['summary']}")
         for f in report.get("figures", []):
             print(f"wrote {f}")
+        if a.publish:
+            return _publish(spec, a.publish)
+    return 0
+
+
+def _publish(spec, dest: Path) -> int:
+    """Copy a finished sweep's summary table and figures into dest (replacing older ones)."""
+    import shutil
+
+    src = Path(spec.out)
+    files = [src / "sweep_summary.csv", *sorted((src / "figures").glob("*.png"))]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise ConfigError(f"--publish: {missing[0]} does not exist; run the sweep to the end first")
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("*.png"):
+        old.unlink()
+    for f in files:
+        shutil.copy2(f, dest / f.name)
+    print(f"published {len(files)} files to {dest}")
     return 0
 
 
@@ -279,6 +304,7 @@ def _sweep_offline(spec, dry_run: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    limit_malloc_arenas()
     try:
         return {"train": cmd_train, "info": cmd_info, "probe": cmd_probe, "plot": cmd_plot,
                 "report": cmd_report, "sweep": cmd_sweep}[args.cmd](args)

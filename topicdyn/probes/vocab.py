@@ -18,6 +18,8 @@ generic implementations are used.
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,8 +44,19 @@ def prepare(cfg: Config, batch, labels: np.ndarray, ref_labels: np.ndarray,
         c[b] = np.bincount(inputs[b][keys[b]], minlength=nv)
         m[b] = np.bincount(inputs[b][qok[b]], minlength=nv)
     n = c.sum(1)
-    out = {"c": c, "n": n, "inv_c": np.where(c > 0, 1.0 / np.maximum(c, 1), 0.0)}
+    inv_c = np.where(c > 0, 1.0 / np.maximum(c, 1), 0.0)
+    # the (document, query token) cells that hold a query: a document shows few distinct words,
+    # so these rows are a small share of all B x nv cells
+    r_doc, r_x = np.nonzero(m)
+    out = {"row_doc": r_doc, "row_x": r_x,
+           "row_logc": np.where(c[r_doc] > 0, np.log(np.maximum(c[r_doc], 1.0)), -1e30),
+           "row_has_key": (n[r_doc] > 0).astype(np.float32),
+           "row_a_uniform": c[r_doc] / np.maximum(n[r_doc], 1.0)[:, None],
+           "row_log_n_inv_c": np.where(c[r_doc] > 0, np.log(np.maximum(n[r_doc, None], 1.0)
+                                                               * np.maximum(inv_c[r_doc], 1e-30)),
+                                       0.0)}
     eye = np.eye(nv, dtype=bool)
+    weights, names = [], []
     for tag, lab in (("", np.asarray(labels)), ("ref_", np.asarray(ref_labels))):
         ok = lab >= 0
         mq = m * ok[None, :]  # queries with a topic (content words: always)
@@ -51,50 +64,54 @@ def prepare(cfg: Config, batch, labels: np.ndarray, ref_labels: np.ndarray,
         same = lab[:, None] == lab[None, :]
         cats = {"same_token": both & eye, "same_topic": both & same & ~eye,
                 "cross_topic": both & ~same, "same_topic_all": both & same}
+        mr = mq[r_doc, r_x]  # queries of each row
         for name, cat in cats.items():
-            out[f"{tag}{name}/mask"] = cat.astype(np.float32)
-            out[f"{tag}{name}/pairs"] = max(float(np.einsum("bx,xv,bv->", mq, cat, c)), 1.0)
-        out[f"{tag}m"] = mq
-        out[f"{tag}n_queries"] = max(float(mq.sum()), 1.0)
+            pairs = max(float(np.einsum("bx,xv,bv->", mq, cat, c)), 1.0)
+            # a category sum is sum_r m_r n_r A_r[v] [cat(x_r, v)]: the weight of A_r[v]
+            weights.append((mr * n[r_doc])[:, None] * cat[r_x] / pairs)
+            names.append(f"{tag}{name}")
+        out[f"{tag}row_m"] = mr / max(float(mq.sum()), 1.0)
+    out["row_weights"] = np.stack(weights)  # (categories, rows, nv)
+    out["names"] = names
     b_idx, pos = np.nonzero(sel)
     out["sel_doc"], out["sel_x"] = b_idx.astype(np.int32), inputs[b_idx, pos].astype(np.int32)
     out["sel_y"] = targets[b_idx, pos].astype(np.int32)
     if bayes_logp is not None:
         out["sel_bayes"] = np.asarray(bayes_logp)[b_idx, pos]
-    return {k: (jnp.asarray(v, jnp.int32) if k in ("sel_doc", "sel_x", "sel_y") else
-                jnp.asarray(v, jnp.float32)) for k, v in out.items()}
+    ints = ("sel_doc", "sel_x", "sel_y", "row_doc", "row_x")
+    return {k: v if k == "names" else jnp.asarray(v, jnp.int32 if k in ints else jnp.float32)
+            for k, v in out.items()}
 
 
-def _key_attention(params, batch, cfg: Config, vc: dict):
-    """A (B, nv_query, nv_key): head-averaged attention of query token x in document b summed
-    over the key positions holding each token v (zero for a document without keys)."""
-    nv = cfg.data.n_vocab
-    B = batch.inputs.shape[0]
+def _row_attention(params, cfg: Config, vc: dict):
+    """A (rows, nv_key): head-averaged attention of the query token x_r of row r in its document
+    summed over the key positions holding each token v (zero for a document without keys)."""
     if cfg.model.name == "embedding_only":  # uniform over the keys: A = c_b / n_b for every x
-        a = vc["c"] / jnp.maximum(vc["n"], 1.0)[:, None]
-        return jnp.broadcast_to(a[:, None, :], (B, nv, nv))
-    tables, data = _tables(params, batch, cfg)
-    scores = tables["S"][:, None, :, :] + data["logc"][None, :, None, :]  # (H, B, x, v)
-    A = jnp.mean(jax.nn.softmax(scores, axis=-1), axis=0)
-    return jnp.where(data["has_key"][:, None, None], A, 0.0)
+        return vc["row_a_uniform"]
+    E, H = params["E"], cfg.model.n_heads
+    QE = jnp.einsum("vd,hde->hve", E, params["WQ"])
+    KE = jnp.einsum("vd,hde->hve", E, params["WK"])
+    S = jnp.einsum("hxe,hve->hxv", QE[:, vc["row_x"]], KE) / math.sqrt(cfg.d_model // H)
+    A = jnp.mean(jax.nn.softmax(S + vc["row_logc"][None], axis=-1), axis=0)
+    return A * vc["row_has_key"][:, None]
 
 
 def probe_attention(params, ctx) -> dict:
     """= probes.probe_attention (correct and reference labelling), in vocabulary space."""
     vc, cfg = ctx.vocab, ctx.cfg
-    A = _key_attention(params, ctx.batch, cfg, vc)
-    n = vc["n"][:, None, None]
-    # KL(a_i || uniform over the keys) per (document, query token): sum_v A log(A n / c)
-    t = A * n * vc["inv_c"][:, None, :]
-    kl = jnp.sum(jnp.where(A > 0, A * jnp.log(jnp.where(A > 0, t, 1.0)), 0.0), axis=-1)
+    A = _row_attention(params, cfg, vc)
+    sums = jnp.einsum("rv,crv->c", A, vc["row_weights"])
+    # KL(a_i || uniform over the keys) per row: sum_v A log(A n / c)
+    logt = jnp.log(jnp.where(A > 0, A, 1.0)) + vc["row_log_n_inv_c"]
+    kl = jnp.sum(jnp.where(A > 0, A * logt, 0.0), axis=-1)
+    s_all = dict(zip(vc["names"], [sums[i] for i in range(len(vc["names"]))]))
     out = {}
     for tag in ("", "ref_"):
-        w = vc[f"{tag}m"][:, :, None] * n * A  # m_b[x] n_b A(x, b)[v]
-        s = {name: jnp.sum(w * vc[f"{tag}{name}/mask"][None]) / vc[f"{tag}{name}/pairs"]
-             for name in ("same_token", "same_topic", "cross_topic", "same_topic_all")}
+        s = {k: s_all[f"{tag}{k}"] for k in
+             ("same_token", "same_topic", "cross_topic", "same_topic_all")}
         s["ratio"] = s["same_topic"] / jnp.maximum(s["cross_topic"], 1e-12)
         s["ratio_all"] = s["same_topic_all"] / jnp.maximum(s["cross_topic"], 1e-12)
-        s["kl_uniform"] = jnp.sum(vc[f"{tag}m"] * kl) / vc[f"{tag}n_queries"]
+        s["kl_uniform"] = jnp.sum(vc[f"{tag}row_m"] * kl)
         out.update({f"{tag}{k}": v for k, v in s.items()})
     return out
 
