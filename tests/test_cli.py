@@ -31,6 +31,26 @@ def test_train_probe_info_end_to_end(tmp_path, capsys):
     # a second run into the same directory is refused, and nothing is lost
     assert main(["train", "--out", str(run)] + TINY) == 2
     assert (run / "probes.jsonl").read_text() == before
+    # an unknown probe name is refused before anything is recomputed or rewritten
+    theory = (run / "theory.json").read_text()
+    r = subprocess.run([sys.executable, "-m", "topicdyn", "probe", str(run), "--probes",
+                        "blocks,nosuch"], capture_output=True, text=True)
+    assert r.returncode == 2 and "nosuch" in r.stderr and "Traceback" not in r.stderr
+    assert (run / "theory.json").read_text() == theory
+    assert (run / "probes.jsonl").read_text() == before
+    # a checkpoint whose files are damaged: one line, exit 2 (plot and probe)
+    import shutil
+    ck = sorted((run / "checkpoints").iterdir())[-1]
+    for f in [x for x in ck.rglob("*") if x.is_file()]:
+        f.write_bytes(b"garbage")
+    for cmd in ("plot", "probe"):
+        r = subprocess.run([sys.executable, "-m", "topicdyn", cmd, str(run)],
+                           capture_output=True, text=True)
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (cmd, r.stderr[-2000:])
+        assert len(lines) == 1 and "checkpoint" in lines[0], (cmd, lines)
+    assert (run / "probes.jsonl").read_text() == before
+    shutil.rmtree(ck)
 
 
 @pytest.mark.parametrize("args,field", [
@@ -41,6 +61,7 @@ def test_train_probe_info_end_to_end(tmp_path, capsys):
     (["train", "--preset", "V", "model.d_model=50"], "model.d_model"),
     (["train", "nosuch.field=1"], "nosuch.field"),
     (["info", "/nonexistent/run"], "run_dir"),
+    (["probe", "/nonexistent/run"], "run_dir"),
 ])
 def test_bad_input_exits_2_with_one_line(args, field):
     r = subprocess.run([sys.executable, "-m", "topicdyn"] + args, capture_output=True, text=True)

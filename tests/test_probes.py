@@ -115,3 +115,18 @@ def test_judge_verdicts(gap, prev_gap, verdict):
     claims = {c["claim"]: c for c in judge(_row(20, gap, [3.01, 3.0]), theory, cfg, prev)}
     assert claims["block structure (same - cross)"]["verdict"] == verdict
     assert claims["loss at the uniform-attention optimum"]["verdict"] == "pass"
+
+
+@pytest.mark.parametrize("ratio,prev_ratio,verdict", [
+    ([1.5, 1.2], [0.5, 0.6], "pass"),
+    ([0.9, 0.9], [0.8, 0.8], "not yet converged"),  # 0.1 below 1, rising 0.1 a checkpoint
+    ([0.5, 0.5], [0.49, 0.49], "fail"),  # rising, but 50 checkpoint gaps from 1 at that pace
+    ([0.56, 0.56], [0.6, 0.6], "fail"),  # moving away from the threshold
+])
+def test_threshold_claim_trend(ratio, prev_ratio, verdict):
+    cfg = preset("F")
+    row = {"step": 20, "attention/ratio": ratio, "attention/ratio_all": [2.0, 2.0]}
+    prev = {"step": 10, "attention/ratio": prev_ratio, "attention/ratio_all": [2.0, 2.0]}
+    claims = {c["claim"]: c for c in judge(row, {}, cfg, prev)}
+    assert claims["same-topic bias, other words only"]["verdict"] == verdict
+    assert claims["same-topic attention bias (P1 pooling)"]["verdict"] == "pass"

@@ -80,6 +80,24 @@ def test_cli_bad_spec_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_yaml_spec_and_keep_probability_axis(tmp_path):
+    """A YAML spec; the keep probability is swept as a tied axis with p_replace_mask (the three
+    proportions must sum to 1); a broken YAML file is one line, exit 2."""
+    path = tmp_path / "k.yaml"
+    path.write_text("preset: A\nbase: %s\nseeds: 1\ngrid:\n"
+                    "  mask.p_replace_mask,mask.p_keep: [[0.9, 0.0], [0.8, 0.1]]\n"
+                    % json.dumps(TINY))
+    spec = load_spec(path)
+    assert [(p.cfg.mask.p_replace_mask, p.cfg.mask.p_keep) for p in spec.points] == \
+        [(0.9, 0.0), (0.8, 0.1)]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: {data.T: [2, 3]\n")
+    r = subprocess.run([sys.executable, "-m", "topicdyn", "sweep", str(bad)], cwd=tmp_path,
+                       capture_output=True, text=True)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "YAML" in lines[0], r.stderr
+
+
 def test_python_spec_tied_axes_and_grouping(tmp_path):
     path = tmp_path / "s.py"
     path.write_text("SPEC = {'preset': 'V', 'base': %r, 'seeds': 3,\n"

@@ -6,8 +6,10 @@ Layout inside a run directory:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import jax
@@ -15,6 +17,34 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from topicdyn.config import Config, TrainConfig, load_config
+
+
+class CheckpointError(ValueError):
+    """A stored checkpoint is missing, unreadable or fails its content hash (one-line message)."""
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+    """Hold back orbax's error logs (absl) while reading checkpoints: a failure is raised as
+    one CheckpointError whose message says it all."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
+def restore_checked(ck, step: int, like, run_dir) -> object:
+    """ck.restore(step, like), with a failure to read it as a CheckpointError."""
+    try:
+        with quiet_orbax():
+            return ck.restore(step, like)
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds
+        msg = str(e).splitlines()[0][:200] if str(e) else ""
+        raise CheckpointError(f"checkpoint {step} of {run_dir} cannot be read "
+                              f"({type(e).__name__}: {msg})") from e
 
 
 def checkpoint_steps(tc: TrainConfig) -> list[int]:
@@ -49,7 +79,8 @@ class Checkpointer:
         self.index = self.run_dir / "checkpoints.jsonl"
         opts = ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
                                             enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(self.run_dir / "checkpoints", options=opts)
+        with quiet_orbax():  # it reads every step's metadata; a damaged one is raised later
+            self.manager = ocp.CheckpointManager(self.run_dir / "checkpoints", options=opts)
 
     def save(self, step: int, state) -> str:
         host = jax.device_get(state)
@@ -102,17 +133,17 @@ def load_params(run_dir: str | Path, step: int | None = None, verify: bool = Tru
     try:
         steps = ck.steps()
         if not steps:
-            raise FileNotFoundError(f"no checkpoints in {run_dir}")
+            raise CheckpointError(f"run_dir: no checkpoints in {run_dir}")
         step = steps[-1] if step is None else step
         if step not in steps:
-            raise ValueError(f"step: no checkpoint at step {step}; available: {steps}")
+            raise CheckpointError(f"step: no checkpoint at step {step}; available: {steps}")
         like = jax.eval_shape(lambda: init_state(cfg, ensemble_seeds(cfg)))
-        state = ck.restore(step, like)
+        state = restore_checked(ck, step, like, run_dir)
     finally:
         ck.close()
     if verify:
         want = {r["step"]: r["sha256"] for r in list_checkpoints(run_dir)}.get(step)
         got = params_hash(jax.device_get(state.params))
         if want is not None and want != got:
-            raise ValueError(f"checkpoint {step} of {run_dir}: content hash mismatch")
+            raise CheckpointError(f"checkpoint {step} of {run_dir}: content hash mismatch")
     return state.params, cfg

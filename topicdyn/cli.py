@@ -172,6 +172,12 @@ def cmd_probe(a) -> int:
     if not list_checkpoints(a.run_dir):
         raise ConfigError(f"run_dir: {a.run_dir} has no checkpoints yet")
     names = tuple(x for x in a.probes.split(",") if x) if a.probes else None
+    if names:
+        from topicdyn.probes import PROBES
+        unknown = [n for n in names if n not in PROBES]
+        if unknown:
+            raise ConfigError(f"--probes: unknown {', '.join(unknown)}; allowed: "
+                              f"{', '.join(sorted(PROBES))}")
     _write_theory(load_config(a.run_dir), a.run_dir, refresh=True)
     path = probe_run(a.run_dir, names)
     print(f"wrote {path}")
@@ -302,13 +308,18 @@ def _sweep_offline(spec, dry_run: bool) -> int:
     return 0
 
 
+def _checkpoint_error() -> type:
+    from topicdyn.checkpoint import CheckpointError  # imports jax: only once it is needed
+    return CheckpointError
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     limit_malloc_arenas()
     try:
         return {"train": cmd_train, "info": cmd_info, "probe": cmd_probe, "plot": cmd_plot,
                 "report": cmd_report, "sweep": cmd_sweep}[args.cmd](args)
-    except ConfigError as e:
+    except (ConfigError, _checkpoint_error()) as e:
         print(f"topicdyn: error: {e}", file=sys.stderr)
         return 2
 

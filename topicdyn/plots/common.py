@@ -120,7 +120,8 @@ def load_checkpoints(run_dir: str | Path, steps: list[int] | None = None):
     with the leading seed axis. One orbax manager for all restores; content hashes checked."""
     import jax
 
-    from topicdyn.checkpoint import Checkpointer, list_checkpoints, params_hash
+    from topicdyn.checkpoint import (Checkpointer, CheckpointError, list_checkpoints, params_hash,
+                                     restore_checked)
     from topicdyn.training import ensemble_seeds, init_state
 
     cfg = load_config(run_dir)
@@ -130,9 +131,9 @@ def load_checkpoints(run_dir: str | Path, steps: list[int] | None = None):
     try:
         like = jax.eval_shape(lambda: init_state(cfg, ensemble_seeds(cfg)))
         for s in steps:
-            params = jax.device_get(ck.restore(s, like).params)
+            params = jax.device_get(restore_checked(ck, s, like, run_dir).params)
             if index.get(s) not in (None, params_hash(params)):
-                raise ValueError(f"checkpoint {s} of {run_dir}: content hash mismatch")
+                raise CheckpointError(f"checkpoint {s} of {run_dir}: content hash mismatch")
             yield s, params
     finally:
         ck.close()

@@ -142,7 +142,11 @@ def run_experiment(exp: Experiment, cfg, run_dir: Path, theory_cache: dict, theo
     from topicdyn.verdicts import judge_run, run_predictions
 
     if not fresh and finished(run_dir, cfg):
-        log(f"{exp.name}: reusing the finished run in {run_dir}")
+        # verdicts and the run's report are re-derived from its files: cheap, and they follow
+        # the current verdict rules
+        judge_run(run_dir)
+        write_report(run_dir)
+        log(f"{exp.name}: reusing the finished run in {run_dir} (verdicts re-judged)")
         return {"reused": True}
     if reuse_only:
         raise SystemExit(f"--reuse-only: {run_dir} is not a finished run of this config")

@@ -78,7 +78,13 @@ def load_spec(path: str | Path, out: str | Path | None = None) -> Spec:
         except ImportError:
             raise ConfigError("spec: YAML specs need PyYAML (pip install pyyaml); "
                               "or write the spec as JSON") from None
-        raw = yaml.safe_load(p.read_text())
+        try:
+            raw = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            line = f", line {where.line + 1}" if where is not None else ""
+            raise ConfigError(f"spec: {p} is not valid YAML ({getattr(e, 'problem', None) or e}"
+                              f"{line})") from None
     else:
         try:
             raw = json.loads(p.read_text())

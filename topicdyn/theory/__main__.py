@@ -2,16 +2,21 @@
 import json
 import sys
 
-from topicdyn.config import Config, apply_overrides, preset
+from topicdyn.config import Config, ConfigError, apply_overrides, preset
 from topicdyn.theory.summary import predict
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     name = argv[0] if argv and "=" not in argv[0] else None
     overrides = [a for a in argv if "=" in a]
-    cfg = preset(name, overrides) if name else apply_overrides(Config(), overrides)
+    try:
+        cfg = preset(name, overrides) if name else apply_overrides(Config(), overrides)
+    except ConfigError as e:
+        print(f"topicdyn.theory: error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(predict(cfg), indent=2, default=float))
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))
