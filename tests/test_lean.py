@@ -1,4 +1,4 @@
-"""lean_loss (the training step's loss, models/fast.py) against the generic model.
+"""lean_loss (the training step's loss, models/lean.py) against the generic model.
 
 The reference is training.loss_fn with model.impl=generic: the full-sequence Flax transformer and
 masked_loss, which share no code with the lean path. Values and gradients must agree to float32
@@ -24,7 +24,7 @@ import pytest
 from topicdyn.config import apply_overrides, preset
 from topicdyn.masking import sample_batch
 from topicdyn.models import get_model
-from topicdyn.models.fast import lean_loss, lean_supported, structural_constants
+from topicdyn.models.lean import lean_loss, lean_supported, structural_constants
 from topicdyn.models.transformer import PARAM_GROUP
 from topicdyn.training import loss_fn, train_batch, train_loss_fn, trainable_groups
 

@@ -5,11 +5,14 @@ standard errors are exact; tolerances are Z = 5 standard errors.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from topicdyn.config import DataConfig, MaskConfig
+from topicdyn.config import DataConfig, MaskConfig, preset
 from topicdyn.masking import (NOT_SELECTED, SHOW_KEEP, SHOW_MASK, SHOW_RANDOM, corrupt,
                               sample_batch)
 
@@ -133,3 +136,28 @@ def test_sample_batch_pipeline():
     assert np.array_equal(a.inputs[~a.selected], a.targets[~a.selected])
     # the per-position corruption is not identical to the document draw (independent streams)
     assert a.selected.any() and not np.array_equal(a.inputs, a.targets)
+
+
+@pytest.mark.parametrize("over", [
+    [],
+    ["mask.p_mask=0.3", "mask.random_source=content"],
+    ["mask.p_replace_mask=0.9", "mask.p_keep=0.0"],
+    ["mask.p_replace_mask=0.9", "mask.p_replace_random=0.0", "mask.p_keep=0.1"],
+    ["mask.p_mask=1.0", "mask.p_replace_mask=1.0", "mask.p_replace_random=0.0",
+     "mask.p_keep=0.0"],
+    ["mask.p_mask=0.01", "mask.key_set=all"],
+])
+def test_traced_thresholds_give_identical_batches(over):
+    """Mask probabilities as traced per-member thresholds (sweeps) = compile-time constants."""
+    from topicdyn.masking import mask_thresholds
+    cfg = preset("F", ["data.T=3", "data.v=4", "data.N_min=20", "data.N_max=30"] + over)
+    thr = mask_thresholds(cfg.data, [cfg.mask])
+    one = jax.tree.map(lambda x: jnp.asarray(x[0]), thr)
+    key = jax.random.PRNGKey(3)
+    a = sample_batch(key, cfg.data, cfg.mask)
+    # the traced path must not read cfg.mask's probabilities: give it other ones
+    other = dataclasses.replace(cfg.mask, p_mask=0.5, p_replace_mask=0.5, p_replace_random=0.25,
+                                p_keep=0.25)
+    b = sample_batch(key, cfg.data, other, None, one)
+    for f in ("inputs", "targets", "selected", "key_mask", "kind"):
+        assert np.array_equal(np.asarray(getattr(a, f)), np.asarray(getattr(b, f))), f

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from topicdyn.config import DataConfig, MaskConfig
 from topicdyn.data import (Documents, _below, _threshold, derive_key, document_words,
@@ -47,24 +48,63 @@ def corrupt(key: jax.Array, docs: Documents, data: DataConfig, mask: MaskConfig)
     return corrupt_from_words(random_words(key_words(key), docs.tokens.shape), docs, data, mask)
 
 
-def corrupt_from_words(r: jax.Array, docs: Documents, data: DataConfig,
-                       mask: MaskConfig) -> MLMBatch:
-    """corrupt() with the per-position random words r (uint32, docs.tokens.shape) given."""
+class MaskThresholds(NamedTuple):
+    """MLM probabilities as the integer thresholds of corrupt(), as arrays: traced values, so
+    that ensemble members can differ in them (sweeps vmap a leading member axis).
+
+    t_* hold min(t, 2^32 - 1) as uint32 and full[i] marks t = 2^32 (an event that always
+    happens), for i = selection, [MASK], [MASK]-or-random."""
+
+    t_sel: jax.Array  # uint32
+    t_mask: jax.Array  # uint32
+    t_rand: jax.Array  # uint32
+    full: jax.Array  # bool (..., 3)
+    rand_scale: jax.Array  # float32: random-token ids per threshold unit (0: no random tokens)
+
+
+def _python_thresholds(data: DataConfig, mask: MaskConfig) -> tuple[int, int, int, float]:
     t_mask = _threshold(mask.p_mask * mask.p_replace_mask)
     t_rand = _threshold(mask.p_mask * (mask.p_replace_mask + mask.p_replace_random))
     t_sel = _threshold(mask.p_mask)
-    selected = docs.content & _below(r, t_sel)
-    show_mask = _below(r, t_mask)
-    show_rand = ~show_mask & _below(r, t_rand)
+    hi = data.V if mask.random_source == "content" else data.n_vocab
+    return t_sel, t_mask, t_rand, (hi / (t_rand - t_mask) if t_rand > t_mask else 0.0)
+
+
+def mask_thresholds(data: DataConfig, masks: list[MaskConfig]) -> MaskThresholds:
+    """Host-side MaskThresholds with a leading axis over `masks` (one per ensemble member),
+    equal to what corrupt() derives from each MaskConfig (the same integers and float32)."""
+    rows = [_python_thresholds(data, m) for m in masks]
+    top = 2 ** 32 - 1
+    u = lambda i: np.asarray([min(r[i], top) for r in rows], np.uint32)  # noqa: E731
+    full = np.asarray([[r[i] > top for i in range(3)] for r in rows], bool)
+    scale = np.asarray([r[3] for r in rows], np.float64).astype(np.float32)
+    return MaskThresholds(u(0), u(1), u(2), full, scale)
+
+
+def corrupt_from_words(r: jax.Array, docs: Documents, data: DataConfig,
+                       mask: MaskConfig, thr: MaskThresholds | None = None) -> MLMBatch:
+    """corrupt() with the per-position random words r (uint32, docs.tokens.shape) given.
+    thr: the probabilities as traced thresholds (one member's); None takes them from `mask` as
+    compile-time constants. Both give identical batches for the same probabilities."""
+    hi = data.V if mask.random_source == "content" else data.n_vocab
+    if thr is None:
+        t_sel, t_mask, t_rand, scale = _python_thresholds(data, mask)
+        selected = docs.content & _below(r, t_sel)
+        show_mask = _below(r, t_mask)
+        show_rand = ~show_mask & _below(r, t_rand)
+        if t_rand > t_mask:
+            off = (r - jnp.uint32(t_mask)).astype(jnp.float32)  # < t_rand - t_mask where used
+            rand_tok = jnp.minimum(jnp.floor(off * jnp.float32(scale)).astype(jnp.int32), hi - 1)
+        else:
+            rand_tok = jnp.zeros(r.shape, jnp.int32)
+    else:
+        selected = docs.content & ((r < thr.t_sel) | thr.full[0])
+        show_mask = (r < thr.t_mask) | thr.full[1]
+        show_rand = ~show_mask & ((r < thr.t_rand) | thr.full[2])
+        off = (r - thr.t_mask).astype(jnp.float32)  # rand_scale = 0 where no random range
+        rand_tok = jnp.minimum(jnp.floor(off * thr.rand_scale).astype(jnp.int32), hi - 1)
     kind = jnp.where(show_mask, SHOW_MASK, jnp.where(show_rand, SHOW_RANDOM, SHOW_KEEP))
     kind = jnp.where(selected, kind, NOT_SELECTED).astype(jnp.int32)
-    hi = data.V if mask.random_source == "content" else data.n_vocab
-    if t_rand > t_mask:
-        off = (r - jnp.uint32(t_mask)).astype(jnp.float32)  # < t_rand - t_mask where used
-        rand_tok = jnp.minimum(jnp.floor(off * jnp.float32(hi / (t_rand - t_mask)))
-                               .astype(jnp.int32), hi - 1)
-    else:
-        rand_tok = jnp.zeros(r.shape, jnp.int32)
     inputs = jnp.where(kind == SHOW_MASK, data.MASK,
                        jnp.where(kind == SHOW_RANDOM, rand_tok, docs.tokens)).astype(jnp.int32)
     key_mask = docs.valid & ~selected if mask.key_set == "unselected" else docs.valid
@@ -74,18 +114,20 @@ def corrupt_from_words(r: jax.Array, docs: Documents, data: DataConfig,
 
 
 def sample_batch(key: jax.Array, data: DataConfig, mask: MaskConfig,
-                 batch: int | None = None) -> MLMBatch:
+                 batch: int | None = None, thr: MaskThresholds | None = None) -> MLMBatch:
     """Documents then corruption, from one key: the whole input pipeline of one step.
-    Jitted (configs static), so an eager call runs one compiled program, not ~10^3 small ops."""
-    return _sample_batch(key, data, mask, batch)
+    Jitted (configs static), so an eager call runs one compiled program, not ~10^3 small ops.
+    thr: optional traced mask probabilities (see corrupt_from_words)."""
+    return _sample_batch(key, data, mask, batch, thr)
 
 
 @partial(jax.jit, static_argnums=(1, 2, 3))
-def _sample_batch(key, data: DataConfig, mask: MaskConfig, batch: int | None) -> MLMBatch:
+def _sample_batch(key, data: DataConfig, mask: MaskConfig, batch: int | None,
+                  thr: MaskThresholds | None = None) -> MLMBatch:
     # one threefry kernel for every random word of the batch (documents, then corruption)
     B = data.batch_size if batch is None else batch
     kw = key_words(key)
     n_doc = document_words(data, B)
     r = random_words(kw, (n_doc + B * data.seq_len,))
     docs = documents_from_words(derive_key(kw, 0), r[:n_doc], data, B)
-    return corrupt_from_words(r[n_doc:].reshape(B, data.seq_len), docs, data, mask)
+    return corrupt_from_words(r[n_doc:].reshape(B, data.seq_len), docs, data, mask, thr)

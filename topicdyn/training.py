@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import optax
 
 from topicdyn.config import PARAM_GROUPS, Config
-from topicdyn.masking import MLMBatch, sample_batch
+from topicdyn.masking import MaskThresholds, MLMBatch, sample_batch
 from topicdyn.models import get_model
-from topicdyn.models.fast import (fast_loss, fast_supported, lean_loss, lean_supported,
-                                  structural_constants)
+from topicdyn.models.fast import fast_loss, fast_supported
+from topicdyn.models.lean import lean_loss, lean_supported, structural_constants
 from topicdyn.models.transformer import PARAM_GROUP, fixed_groups
 from topicdyn.xla import compile_options
 
@@ -196,9 +196,10 @@ def init_state(cfg: Config, seeds: jax.Array,
     return jax.jit(jax.vmap(one))(seeds, jnp.asarray(init_scales, jnp.float32))
 
 
-def train_batch(seed, step, cfg: Config) -> MLMBatch:
-    """The training batch at `step`, reduced to the fields the loss reads."""
-    b = sample_batch(data_key(seed, step), cfg.data, cfg.mask)
+def train_batch(seed, step, cfg: Config, mask_thr: MaskThresholds | None = None) -> MLMBatch:
+    """The training batch at `step`, reduced to the fields the loss reads. mask_thr: this
+    member's mask probabilities as traced thresholds (sweeps); None: those of cfg.mask."""
+    b = sample_batch(data_key(seed, step), cfg.data, cfg.mask, None, mask_thr)
     return MLMBatch(b.inputs, b.targets, b.selected, b.key_mask, None, None, None, None)
 
 
@@ -234,10 +235,14 @@ def make_step(cfg: Config):
 
 
 def make_chunk_fn(cfg: Config):
-    """jit((state, seeds, start, n, lr_scale=None) -> (state, metrics)): steps start..start+n-1.
+    """jit((state, seeds, start, n, lr_scale=None, mask_thr=None) -> (state, metrics)): steps
+    start..start+n-1.
 
     lr_scale: optional (n_seeds,) per-member factor on the update (see make_update); None runs
-    the unscaled program.
+    the unscaled program. mask_thr: optional MaskThresholds with a leading (n_seeds,) axis,
+    per-member mask probabilities (masking.mask_thresholds); None takes cfg.mask's as constants.
+    The loss's static buffer sizes follow cfg.mask: give the program the members' largest
+    p_mask (1 - p_replace_mask) (sweep/group.py does).
 
     One compiled program for every chunk: a loop of n steps (n <= cfg.train.chunk, a traced
     value), so log-spaced checkpoint gaps never trigger a recompile. metrics leaves have shape
@@ -251,12 +256,16 @@ def make_chunk_fn(cfg: Config):
     """
     update_one = make_update(cfg)
     update = jax.vmap(update_one)
-    sample = jax.vmap(lambda s, t: train_batch(s, t, cfg), in_axes=(0, None))
     K = cfg.train.chunk
     Kb = max(1, min(K, SAMPLE_BLOCK))
 
-    def chunk(state, seeds, start, n, lr_scale=None):
+    def chunk(state, seeds, start, n, lr_scale=None, mask_thr=None):
         n = jnp.minimum(n, K)
+        if mask_thr is None:
+            sample = jax.vmap(lambda s, t: train_batch(s, t, cfg), in_axes=(0, None))
+        else:
+            per = jax.vmap(lambda s, t, th: train_batch(s, t, cfg, th), in_axes=(0, None, 0))
+            sample = lambda s, t: per(s, t, mask_thr)  # noqa: E731
         one = sample(seeds, start)
         if lr_scale is None:
             upd = update

@@ -215,15 +215,16 @@ def _write_theory(spec: Spec, points: list[Point], dirs: list[Path], log) -> Non
 
 
 def _prober_factory(spec: Spec, group) -> Callable:
-    """params0 -> one GroupProber per train.seed in the group (one evaluation set each)."""
+    """params0 -> one GroupProber per (train.seed, mask) in the group (one evaluation set
+    each: the evaluation documents follow the seed, their masking the point's mask)."""
     from topicdyn.sweep.group import GroupProber
 
     def make(params0) -> list:
         import jax
 
-        by_seed: dict[int, list[int]] = {}
+        by_seed: dict[tuple, list[int]] = {}
         for i, p in enumerate(group.points):
-            by_seed.setdefault(p.cfg.train.seed, []).append(i)
+            by_seed.setdefault((p.cfg.train.seed, p.cfg.mask), []).append(i)
         out, sl = [], group.slices()
         for idx in by_seed.values():
             members = np.concatenate([np.arange(sl[i].start, sl[i].stop) for i in idx])

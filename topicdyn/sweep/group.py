@@ -131,20 +131,39 @@ class Group:
         inits = np.repeat([p.cfg.model.init_scale for p in self.points], n)
         return seeds.astype(np.int32), lrs.astype(np.float32), inits.astype(np.float32)
 
-    def program(self) -> tuple[Config, np.ndarray | None, np.ndarray | None]:
-        """(config of the compiled program, per-member lr or None, per-member init or None).
+    def program(self) -> tuple[Config, np.ndarray | None, np.ndarray | None, object]:
+        """(config of the compiled program, per-member lr or None, per-member init or None,
+        per-member MaskThresholds or None).
+
         A hyper-parameter shared by every point stays a compile-time constant (exactly
         run.train's program); one that differs goes on the member axis, with optim.lr = 1 so
-        that the member's factor is its learning rate."""
+        that the member's factor is its learning rate. Differing mask probabilities become
+        per-member thresholds; the program's own cfg.mask is then the point's whose masked
+        positions need the largest static buffers (models/fast.default_cap)."""
         _, lrs, inits = self.member_values()
         cfg = self.points[0].cfg
-        lr = inits_out = None
+        lr = inits_out = thr = None
         if len(set(lrs.tolist())) > 1:
             cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=1.0))
             lr = lrs
         if len(set(inits.tolist())) > 1:
             inits_out = inits
-        return cfg, lr, inits_out
+        masks = [p.cfg.mask for p in self.points]
+        if len(set(masks)) > 1:
+            from topicdyn.masking import mask_thresholds
+            from topicdyn.models.fast import CAP_SIGMAS, default_cap
+            from topicdyn.models.lean import LEAN_CAP_SIGMAS
+
+            d = cfg.data
+
+            def caps(m):
+                c = dataclasses.replace(cfg, mask=m)
+                return tuple(default_cap(c, d.batch_size, d.seq_len, k)
+                             for k in (LEAN_CAP_SIGMAS, CAP_SIGMAS))
+
+            cfg = dataclasses.replace(cfg, mask=max(masks, key=caps))
+            thr = mask_thresholds(d, [m for m in masks for _ in range(self.n_seeds)])
+        return cfg, lr, inits_out, thr
 
 
 def _pad(a: np.ndarray, m: int) -> np.ndarray:
@@ -207,7 +226,7 @@ def train_group(group: Group, mesh: Mesh, start: int, make_probers=None, *,
     make_probers(params0_host) -> [hooks]: on_checkpoint hooks called as hook(step, host_state,
     None) on process 0 after every checkpoint (host_state has every member, padding included).
     stop_at: raise run.RunInterrupted after the checkpoint at that step (tests)."""
-    cfg, lr, inits = group.program()
+    cfg, lr, inits, thr = group.program()
     seeds, _, _ = group.member_values()
     M, n_dev = len(seeds), mesh.devices.size
     Mp = -(-M // n_dev) * n_dev
@@ -228,6 +247,7 @@ def train_group(group: Group, mesh: Mesh, start: int, make_probers=None, *,
     state = shard(TrainState(*host), mesh)
     seeds_d = shard(seeds, mesh)
     lr_d = None if lr is None else shard(_pad(lr, Mp), mesh)
+    thr_d = None if thr is None else shard(jax.tree.map(lambda x: _pad(x, Mp), thr), mesh)
     hooks = make_probers(params0) if (writer and make_probers) else []
 
     chunk_fn = make_chunk_fn(cfg)
@@ -247,7 +267,7 @@ def train_group(group: Group, mesh: Mesh, start: int, make_probers=None, *,
         for boundary in (b for b in log_steps(cfg) if b > start):
             while step < boundary:
                 n = min(K, boundary - step)
-                state, m = chunk_fn(state, seeds_d, np.int32(step), np.int32(n), lr_d)
+                state, m = chunk_fn(state, seeds_d, np.int32(step), np.int32(n), lr_d, thr_d)
                 m = to_host(m)
                 window.append(np.asarray(m["loss"])[:n])
                 last_grad = {g: np.asarray(v)[n - 1] for g, v in m["grad_norm"].items()}

@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from topicdyn.config import PRESETS, Config, ConfigError, apply_overrides, load_config, preset
+from topicdyn.config import (PRESETS, Config, ConfigError, MaskConfig, apply_overrides, load_config,
+                             preset)
 
 # fields that change neither array shapes nor the compiled program: points that differ only
 # in these train together on the vmapped ensemble axis (training.init_state / make_chunk_fn)
-VMAPPED = ("optim.lr", "model.init_scale", "train.seed")
+MASK_PROBS = ("p_mask", "p_replace_mask", "p_replace_random", "p_keep")
+VMAPPED = ("optim.lr", "model.init_scale", "train.seed") + tuple(f"mask.{f}" for f in MASK_PROBS)
 
 _KEYS = {"name", "preset", "config", "base", "grid", "points", "seeds", "out", "probes",
          "theory", "plots", "max_members", "description"}
@@ -284,12 +286,16 @@ def _plots(plots, axes) -> tuple[dict, ...]:
 
 
 # ---- grouping: one compiled program per group -------------------------------------------------
+MASK_DEFAULTS = {f: getattr(MaskConfig(), f) for f in MASK_PROBS}
+
+
 def program_key(cfg: Config) -> str:
     """Configs with equal keys share array shapes and the compiled program (VMAPPED differ)."""
     return dataclasses.replace(
         cfg, optim=dataclasses.replace(cfg.optim, lr=1.0),
         model=dataclasses.replace(cfg.model, init_scale=1.0),
-        train=dataclasses.replace(cfg.train, seed=0)).to_json()
+        train=dataclasses.replace(cfg.train, seed=0),
+        mask=dataclasses.replace(cfg.mask, **MASK_DEFAULTS)).to_json()
 
 
 def group_points(points, max_members: int | None = None) -> list[list]:
