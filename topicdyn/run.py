@@ -80,7 +80,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
     """Train cfg.train.n_seeds members together; returns the run directory.
 
     on_checkpoint(step, state, run_dir) is called after every checkpoint save (probes hook in
-    here); if it has a close() method, that is called before train returns (also on errors). With resume=True training continues from the latest checkpoint and ends with the same
+    here); if it has a close() method, that is called before train returns (also on errors).
+    With resume=True training continues from the latest checkpoint and ends with the same
     params and metrics as an uninterrupted run.
     """
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)

@@ -8,6 +8,7 @@ topics and, when the theory engine supports the config, the Bayes log-probabilit
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -200,9 +201,18 @@ def make_prober(ctx: ProbeContext, names=DEFAULT_PROBES):
 
         return run
 
-    # vocabulary-space probes are small: one program for all
-    def all_probes(p, p0):
-        return {f"{n}/{k}": v for n in names for k, v in PROBES[n](p, p0, ctx).items()}
+    # vocabulary-space probes are small: one program for all. The evaluation-set arrays are
+    # arguments, not constants baked into the program: XLA would otherwise fold the probes'
+    # count and table computations on them at compile time (slower to compile than to run)
+    static = {k: v for k, v in ctx.vocab.items() if not isinstance(v, jax.Array)}
+    arrays = {"batch": ctx.batch, "unigram": ctx.unigram,
+              "vocab": {k: v for k, v in ctx.vocab.items() if k not in static}}
 
-    return jax.jit(jax.vmap(all_probes), compiler_options=compile_options())
+    def all_probes(p, p0, a):
+        c = dataclasses.replace(ctx, batch=a["batch"], unigram=a["unigram"],
+                                vocab={**a["vocab"], **static})
+        return {f"{n}/{k}": v for n in names for k, v in PROBES[n](p, p0, c).items()}
+
+    fn = jax.jit(jax.vmap(all_probes, in_axes=(0, 0, None)), compiler_options=compile_options())
+    return lambda params, params0: fn(params, params0, arrays)
 
