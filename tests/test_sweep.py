@@ -174,6 +174,10 @@ def test_mask_probabilities_on_member_axis_equal_single_runs(tmp_path):
         assert [r["step"] for r in got] == [r["step"] for r in want]
         for k in ("loss/eval_loss", "loss/bayes_loss", "attention/ratio_all"):
             np.testing.assert_allclose(got[-1][k], want[-1][k], rtol=1e-4, err_msg=k)
+    # each point's theory is its own masking's (the Bayes floor moves with p_mask and p_keep)
+    floors = {json.loads((spec.point_dir(p) / "theory.json").read_text())["bayes"]["loss"]
+              for p in spec.points}
+    assert len(floors) == 3
     # the members really train on differently masked batches (at step 1 a small-init model's
     # loss does not yet tell [MASK] from a kept token: compare whole trajectories)
     runs = {tuple(r["loss"][0] for r in read_metrics(spec.point_dir(p))) for p in spec.points}

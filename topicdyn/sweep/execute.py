@@ -192,7 +192,7 @@ def _write_sweep_json(spec: Spec, groups: list[dict], n_dev: int) -> None:
 
 def _write_theory(spec: Spec, points: list[Point], dirs: list[Path], log) -> None:
     """theory.json per point: computed once per distinct config (lr and init scale do not enter
-    the theory; the evaluation documents depend on train.seed)."""
+    the theory; the masking does, and the evaluation documents depend on train.seed)."""
     from topicdyn.sweep.spec import program_key
     from topicdyn.verdicts import run_predictions
 
@@ -204,7 +204,8 @@ def _write_theory(spec: Spec, points: list[Point], dirs: list[Path], log) -> Non
         if not spec.theory:
             pred = {"loss": p.cfg.model.loss, "note": "theory skipped (sweep spec theory=false)"}
         else:
-            key = (program_key(p.cfg), p.cfg.train.seed)
+            # program_key evens out the mask probabilities (they share a program), not the theory
+            key = (program_key(p.cfg), p.cfg.train.seed, p.cfg.mask)
             if key not in cache:
                 log(f"  theory predictions for {p.name} ...")
                 cache[key] = run_predictions(p.cfg)
