@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from topicdyn.cli import main
-from topicdyn.plots.common import load_checkpoints, read_jsonl
+from topicdyn.jsonl import read_jsonl
+from topicdyn.plots.common import load_checkpoints
 
 TINY = ["data.T=3", "data.v=4", "data.N_min=10", "data.N_max=20", "data.batch_size=8",
         "train.steps=30", "train.log_every=10", "train.ckpt_log_points=3",

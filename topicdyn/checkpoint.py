@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from topicdyn.config import Config, TrainConfig, load_config
+from topicdyn.jsonl import read_jsonl
 
 
 class CheckpointError(ValueError):
@@ -105,21 +106,18 @@ class Checkpointer:
     def truncate_index(self, last_step: int) -> None:
         """Drop index rows after `last_step` (a resumed run re-saves them)."""
         if self.index.exists():
-            rows = [r for r in _read_jsonl(self.index) if r["step"] <= last_step]
+            rows = [r for r in read_jsonl(self.index) if r["step"] <= last_step]
             self.index.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def close(self):
         self.manager.close()
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
 
 def list_checkpoints(run_dir: str | Path) -> list[dict]:
     """[{"step", "sha256"}] of a run, in step order (the latest row wins for a step)."""
     p = Path(run_dir) / "checkpoints.jsonl"
-    rows = {r["step"]: r for r in _read_jsonl(p)} if p.exists() else {}
+    rows = {r["step"]: r for r in read_jsonl(p)}
     return [rows[s] for s in sorted(rows)]
 
 

@@ -5,11 +5,13 @@ Bad input exits with code 2 and one line on stderr; nothing already written is t
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 from pathlib import Path
 
-from topicdyn.config import PRESETS, Config, ConfigError, apply_overrides, load_config, preset
+from topicdyn.config import (PRESETS, Config, ConfigError, apply_overrides, load_config, preset,
+                             require_run)
 from topicdyn.process import limit_malloc_arenas
 
 
@@ -96,9 +98,7 @@ def cmd_train(a) -> int:
             raise ConfigError("resume: --resume RUN_DIR takes the run's saved config; "
                               "drop --preset/--config/--out/overrides")
         run_dir = a.resume
-        if not (run_dir / "config.json").exists():
-            raise ConfigError(f"resume: {run_dir} is not a run directory (no config.json)")
-        cfg = load_config(run_dir)
+        cfg = require_run(run_dir, "resume")
     else:
         cfg = _config_from_args(a)
         from topicdyn.run import check_new_run_dir, default_run_dir
@@ -159,16 +159,11 @@ def _print_summary(run_dir: Path) -> None:
               f"step {last['step']}: {mean(last['loss']):.4f}")
 
 
-def _require_run(run_dir: Path) -> None:
-    if not (run_dir / "config.json").exists():
-        raise ConfigError(f"run_dir: {run_dir} is not a run directory (no config.json)")
-
-
 def cmd_probe(a) -> int:
     from topicdyn.checkpoint import list_checkpoints
     from topicdyn.probes.runner import probe_run
 
-    _require_run(a.run_dir)
+    require_run(a.run_dir)
     if not list_checkpoints(a.run_dir):
         raise ConfigError(f"run_dir: {a.run_dir} has no checkpoints yet")
     names = tuple(x for x in a.probes.split(",") if x) if a.probes else None
@@ -202,7 +197,7 @@ def _figures_and_report(run_dir: Path) -> None:
 def cmd_plot(a) -> int:
     from topicdyn.plots import plot_run
 
-    _require_run(a.run_dir)
+    require_run(a.run_dir)
     for f in plot_run(a.run_dir):
         print(f"wrote {f}")
     return 0
@@ -211,7 +206,7 @@ def cmd_plot(a) -> int:
 def cmd_report(a) -> int:
     from topicdyn.report import last_claims, write_report
 
-    _require_run(a.run_dir)
+    require_run(a.run_dir)
     last_claims(a.run_dir)  # a run without probes or theory fails here, before any plotting
     if not a.no_plots and not (a.run_dir / "figures").is_dir():
         from topicdyn.plots import plot_run
@@ -225,9 +220,7 @@ def cmd_info(a) -> int:
     from topicdyn.run import read_metrics
 
     run_dir = a.run_dir
-    if not (run_dir / "config.json").exists():
-        raise ConfigError(f"run_dir: {run_dir} is not a run directory (no config.json)")
-    cfg = load_config(run_dir)
+    cfg = require_run(run_dir)
     print(f"run: {run_dir}")
     print(f"preset: {cfg.preset}  model: {cfg.model.name}  steps: {cfg.train.steps}  "
           f"seeds: {cfg.train.n_seeds} (from {cfg.train.seed})")
@@ -262,10 +255,7 @@ def cmd_sweep(a) -> int:
         print(f"\ninterrupted; re-run the same command to resume ({spec.out})", file=sys.stderr)
         return 130
     if "summary" in report:
-        counts: dict = {}
-        for v in report["points"].values():
-            k = v.split(" from ")[0]
-            counts[k] = counts.get(k, 0) + 1
+        counts = collections.Counter(v.split(" from ")[0] for v in report["points"].values())
         print("points: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
         print(f"summary: {report['summary']}")
         for f in report.get("figures", []):

@@ -442,6 +442,15 @@ def load_config(path: str | Path) -> Config:
     return Config.from_dict(d)
 
 
+def require_run(run_dir: str | Path, field: str = "run_dir") -> Config:
+    """The config of the run in run_dir; a ConfigError naming `field` if it is not a run
+    directory."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise ConfigError(f"{field}: {run_dir} is not a run directory (no config.json)")
+    return load_config(run_dir)
+
+
 # ---- the paper's regimes (BRIEF §3) ---------------------------------------------------------
 PRESETS: dict[str, dict[str, Any]] = {
     # E: train the embedding; uniform attention, W^V = I, decoder = I.

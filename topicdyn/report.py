@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from topicdyn.config import Config, ConfigError
+from topicdyn.config import Config, ConfigError, require_run
 
 FIGURES = (  # file, caption
     ("loss.png", "Eval loss with the predicted plateau(s) and the Bayes floor; KL from simple "
@@ -71,7 +71,7 @@ def claims_table(claims: list[dict], n_seeds: int, how: bool = True) -> str:
 
 def last_claims(run_dir: str | Path) -> tuple[int, list[dict]]:
     """(step, claims) at the last probed checkpoint: verdicts.jsonl, else judged in memory."""
-    from topicdyn.plots.common import read_jsonl
+    from topicdyn.jsonl import read_jsonl
 
     run_dir = Path(run_dir)
     rows = read_jsonl(run_dir / "verdicts.jsonl")
@@ -125,7 +125,8 @@ def config_summary(cfg: Config) -> str:
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write RUN_DIR/report.md (or `out`); returns its path. ConfigError if the run has no
     config, probes or theory."""
-    from topicdyn.plots.common import read_jsonl, read_theory, require_run
+    from topicdyn.jsonl import read_jsonl
+    from topicdyn.plots.common import read_theory
 
     run_dir = Path(run_dir)
     cfg = require_run(run_dir)

@@ -22,6 +22,7 @@ import numpy as np
 
 from topicdyn.checkpoint import Checkpointer, checkpoint_steps
 from topicdyn.config import Config, ConfigError, load_config
+from topicdyn.jsonl import read_jsonl
 from topicdyn.training import ensemble_seeds, group_norms, init_state, make_chunk_fn
 
 
@@ -41,14 +42,9 @@ def default_run_dir(cfg: Config, root: str | Path = "runs") -> Path:
     return Path(root) / f"{cfg.preset}-s{cfg.train.seed}-{stamp}"
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
 
 def _truncate_jsonl(path: Path, last_step: int) -> None:
-    rows = [r for r in _read_jsonl(path) if r["step"] <= last_step]
+    rows = [r for r in read_jsonl(path) if r["step"] <= last_step]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -182,4 +178,4 @@ def _progress_bar(total: int, start: int, enabled: bool):
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """Rows of metrics.jsonl."""
-    return _read_jsonl(Path(run_dir) / "metrics.jsonl")
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")

@@ -94,7 +94,8 @@ def _jsonable(x):
     return x
 
 
-def _ms(vals) -> tuple[float, float]:
+def mean_sd(vals) -> tuple[float, float]:
+    """(mean, sample sd) of per-seed values (sd 0 for one seed)."""
     a = np.asarray(vals, dtype=float)
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
@@ -104,10 +105,10 @@ def _claim(name, paper, predicted, measured, tol, ok, prev=None, how="", thresho
     claim with a tolerance, by more than tol/5 since the previous checkpoint; for a threshold
     claim (threshold given, e.g. ratio > 1), when it moves towards the threshold fast enough to
     reach it within 10 more checkpoint gaps. A threshold claim that stalls or moves away fails."""
-    m, sd = _ms(measured)
+    m, sd = mean_sd(measured)
     verdict = "pass" if ok(np.asarray(measured, float)) else "fail"
     if verdict == "fail" and prev is not None:
-        step = m - _ms(prev)[0]
+        step = m - mean_sd(prev)[0]
         if threshold is None:
             moving = abs(step) > tol / 5
         else:
@@ -197,7 +198,7 @@ def judge(row: dict, theory: dict, cfg: Config, prev: dict | None = None,
                    lambda d: bool(np.all(d > 0)), None,
                    "t50 = first checkpoint with half the final change; measured = t50(QK) - "
                    "t50(V) in steps, every seed")
-        c["t50_value"], c["t50_qk"] = _ms(tv)[0], _ms(tq)[0]
+        c["t50_value"], c["t50_qk"] = mean_sd(tv)[0], mean_sd(tq)[0]
         out.append(c)
     if ua and not uniform:
         out.append(_claim(

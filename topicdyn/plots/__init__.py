@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from topicdyn.config import ConfigError
-from topicdyn.plots.common import load_checkpoints, require_run
+from topicdyn.config import ConfigError, require_run
+from topicdyn.jsonl import read_jsonl
+from topicdyn.plots.common import load_checkpoints
 from topicdyn.plots.curves import (normalised_changes, plot_attention_curves, plot_blocks,
                                    plot_loss, plot_two_stage, t50_per_seed)
 from topicdyn.plots.matrices import (animate_matrix, animated_matrices, has_attention,
@@ -49,13 +50,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     files += [plot_blocks(run_dir, out / "blocks.png"),
               plot_attention_curves(run_dir, out / "attention.png"),
               plot_loss(run_dir, out / "loss.png")]
-    probes = run_dir / "probes.jsonl"
-    if probes.exists():
-        from topicdyn.plots.common import read_jsonl
-        if len(normalised_changes(read_jsonl(probes))) >= 2:
-            files.append(plot_two_stage([run_dir], out / "two_stage.png"))
-    which = animated_matrices(cfg)
-    if which:
-        files += [animate_matrix(run_dir, out / f"{w}_map.gif", w, frames=frames)
-                  for w in which]
+    if len(normalised_changes(read_jsonl(run_dir / "probes.jsonl"))) >= 2:
+        files.append(plot_two_stage([run_dir], out / "two_stage.png"))
+    files += [animate_matrix(run_dir, out / f"{w}_map.gif", w, frames=frames)
+              for w in animated_matrices(cfg)]
     return [f for f in files if f is not None]

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from topicdyn.config import Config, ConfigError, load_config
+from topicdyn.config import Config, load_config
 
 DPI = 100
 COLORS = {"WV": "tab:blue", "E": "tab:green", "QK": "tab:red", "W_dec": "tab:purple",
@@ -20,20 +20,6 @@ COLORS = {"WV": "tab:blue", "E": "tab:green", "QK": "tab:red", "W_dec": "tab:pur
 MATRIX_LABEL = {"WV": r"$W^V$", "E": r"embedding $E$", "QK": r"$W^Q W^{K\top}$",
                 "W_dec": r"decoder $W_{dec}$"}
 
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    p = Path(path)
-    if not p.exists():
-        return []
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
-
-
-def require_run(run_dir: str | Path) -> Config:
-    """The run's config; ConfigError (one line in the CLI) if run_dir is not a run directory."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise ConfigError(f"run_dir: {run_dir} is not a run directory (no config.json)")
-    return load_config(run_dir)
 
 
 def read_theory(run_dir: str | Path) -> dict:
@@ -57,10 +43,10 @@ def new_figure(width: float, height: float, constrained: bool = True) -> Figure:
     return fig
 
 
-def save(fig: Figure, path: str | Path) -> Path:
+def save(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=dpi)
     return path
 
 

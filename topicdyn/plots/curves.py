@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from topicdyn.config import require_run
+from topicdyn.jsonl import read_jsonl
 from topicdyn.plots.common import (COLORS, MATRIX_LABEL, band, log_x, log_y, new_figure,
-                                   read_jsonl, read_theory, require_run, run_label, save, series,
-                                   theory_line)
+                                   read_theory, run_label, save, series, theory_line)
 from topicdyn.plots.matrices import has_attention
 
 TWO_STAGE_KEYS = ("WV", "E", "QK")

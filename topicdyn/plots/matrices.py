@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from topicdyn.config import Config
-from topicdyn.plots.common import (DPI, load_checkpoints, new_figure, require_run, run_label,
+from topicdyn.config import Config, require_run
+from topicdyn.plots.common import (DPI, load_checkpoints, new_figure, run_label,
                                    save, seed_params)
 
 TITLES = {"gram": r"embedding Gram $E E^\top$ (row-centred $E$)",

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from topicdyn.config import Config
+from topicdyn.jsonl import read_jsonl
 
 
 class CheckpointProber:
@@ -135,7 +136,4 @@ def probe_run(run_dir: str | Path, names=None, n_eval: int = 80) -> Path:
 
 
 def read_probes(run_dir: str | Path) -> list[dict]:
-    p = Path(run_dir) / "probes.jsonl"
-    if not p.exists():
-        return []
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+    return read_jsonl(Path(run_dir) / "probes.jsonl")

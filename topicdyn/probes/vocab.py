@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from topicdyn.config import Config
-from topicdyn.models.fast import _row_logits, _tables, fast_supported
+from topicdyn.models.fast import NEG_INF, _row_logits, _tables, fast_supported
 
 
 def prepare(cfg: Config, batch, labels: np.ndarray, ref_labels: np.ndarray,
@@ -44,17 +44,16 @@ def prepare(cfg: Config, batch, labels: np.ndarray, ref_labels: np.ndarray,
         c[b] = np.bincount(inputs[b][keys[b]], minlength=nv)
         m[b] = np.bincount(inputs[b][qok[b]], minlength=nv)
     n = c.sum(1)
-    inv_c = np.where(c > 0, 1.0 / np.maximum(c, 1), 0.0)
     # the (document, query token) cells that hold a query: a document shows few distinct words,
     # so these rows are a small share of all B x nv cells
     r_doc, r_x = np.nonzero(m)
+    cr, nr = c[r_doc], np.maximum(n[r_doc], 1.0)[:, None]
+    logc = np.log(np.maximum(cr, 1.0))
     out = {"row_doc": r_doc, "row_x": r_x,
-           "row_logc": np.where(c[r_doc] > 0, np.log(np.maximum(c[r_doc], 1.0)), -1e30),
+           "row_logc": np.where(cr > 0, logc, NEG_INF),
            "row_has_key": (n[r_doc] > 0).astype(np.float32),
-           "row_a_uniform": c[r_doc] / np.maximum(n[r_doc], 1.0)[:, None],
-           "row_log_n_inv_c": np.where(c[r_doc] > 0, np.log(np.maximum(n[r_doc, None], 1.0)
-                                                               * np.maximum(inv_c[r_doc], 1e-30)),
-                                       0.0)}
+           "row_a_uniform": cr / nr,
+           "row_log_n_over_c": np.where(cr > 0, np.log(nr) - logc, 0.0)}
     eye = np.eye(nv, dtype=bool)
     weights, names = [], []
     for tag, lab in (("", np.asarray(labels)), ("ref_", np.asarray(ref_labels))):
@@ -102,9 +101,9 @@ def probe_attention(params, ctx) -> dict:
     A = _row_attention(params, cfg, vc)
     sums = jnp.einsum("rv,crv->c", A, vc["row_weights"])
     # KL(a_i || uniform over the keys) per row: sum_v A log(A n / c)
-    logt = jnp.log(jnp.where(A > 0, A, 1.0)) + vc["row_log_n_inv_c"]
+    logt = jnp.log(jnp.where(A > 0, A, 1.0)) + vc["row_log_n_over_c"]
     kl = jnp.sum(jnp.where(A > 0, A * logt, 0.0), axis=-1)
-    s_all = dict(zip(vc["names"], [sums[i] for i in range(len(vc["names"]))]))
+    s_all = dict(zip(vc["names"], sums))
     out = {}
     for tag in ("", "ref_"):
         s = {k: s_all[f"{tag}{k}"] for k in

@@ -120,7 +120,7 @@ def make_config(exp: Experiment, steps: int, seeds: int, n_ckpt: int):
 
 def finished(run_dir: Path, cfg) -> bool:
     from topicdyn.config import load_config
-    from topicdyn.plots.common import read_jsonl
+    from topicdyn.jsonl import read_jsonl
 
     if not (run_dir / "config.json").exists():
         return False

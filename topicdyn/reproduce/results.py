@@ -13,15 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from topicdyn.reproduce.experiments import EXPERIMENTS, INIT_RUNS, INIT_SCALES
+from topicdyn.verdicts import mean_sd
 
 # ---- numbers for the report -----------------------------------------------------------------
-def ms(vals) -> tuple[float, float]:
-    a = np.asarray(vals, float)
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
-
-
 def pm(vals, digits: int = 4) -> str:
-    m, s = ms(vals)
+    m, s = mean_sd(vals)
     return f"{m:.{digits}g} ± {s:.2g}" if np.asarray(vals).size > 1 else f"{m:.{digits}g}"
 
 
@@ -29,7 +25,7 @@ def collect(run_dir: Path) -> dict:
     """Last probes row, last claims, theory, config and t50s of one run."""
     from topicdyn.config import load_config
     from topicdyn.plots import normalised_changes, t50_per_seed
-    from topicdyn.plots.common import read_jsonl
+    from topicdyn.jsonl import read_jsonl
 
     probes = read_jsonl(run_dir / "probes.jsonl")
     verdicts = read_jsonl(run_dir / "verdicts.jsonl")
@@ -74,7 +70,7 @@ def key_numbers(data: dict) -> list[str]:
         la = d["last"]
         if d["cfg"].model.attention != "trained" or "attention/ratio_all" not in la:
             continue
-        c, r = ms(la["attention/ratio_all"])[0], ms(la["attention/ref_ratio_all"])[0]
+        c, r = mean_sd(la["attention/ratio_all"])[0], mean_sd(la["attention/ref_ratio_all"])[0]
         if abs(r - 1) > 1e-3 and (c - 1) / (r - 1) > 0:
             out.append(f"- {name}: same-topic attention ratio (P1 pooling) {c:.3g} with correct "
                        f"labels vs {r:.3g} with the reference labelling (excess over 1, "
@@ -128,7 +124,7 @@ def plot_labelling(data: dict, out: Path) -> Path:
             ("ratio", "other words only"))):
         for off, tag, label, color in ((-0.2, "", "correct labels", "tab:blue"),
                                        (0.2, "ref_", "reference code's labelling", "tab:gray")):
-            vals = [ms(data[n]["last"][f"attention/{tag}{key}"]) for n in names]
+            vals = [mean_sd(data[n]["last"][f"attention/{tag}{key}"]) for n in names]
             ax.bar(x + off, [v[0] for v in vals], 0.4, yerr=[v[1] for v in vals],
                    label=label, color=color, capsize=3)
         ax.axhline(1, color="black", lw=0.8, ls="--", label="no topic bias (1)")

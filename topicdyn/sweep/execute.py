@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from topicdyn.config import ConfigError, load_config
+from topicdyn.jsonl import read_jsonl
 from topicdyn.sweep.spec import Point, Spec, group_points
 
 
@@ -38,8 +39,8 @@ def point_state(spec: Spec, p: Point) -> dict:
     if saved != p.cfg:
         raise ConfigError(f"point {p.name}: {d} holds a run with a different config; remove it "
                           f"or give the sweep another out directory")
-    ck = sorted({r["step"] for r in _jsonl(d / "checkpoints.jsonl")})
-    probed = {r["step"] for r in _jsonl(d / "probes.jsonl")}
+    ck = sorted({r["step"] for r in read_jsonl(d / "checkpoints.jsonl", skip_bad=True)})
+    probed = {r["step"] for r in read_jsonl(d / "probes.jsonl", skip_bad=True)}
     resume = -1
     for s in ck:  # latest checkpoint with every earlier checkpoint probed
         if spec.probes and s not in probed:
@@ -167,17 +168,6 @@ def _code(start) -> int:
     return -1 if start is None else -2 if start == "judge" else int(start)
 
 
-def _jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by an interruption: ignore it
-            continue
-    return rows
-
 
 def _write_sweep_json(spec: Spec, groups: list[dict], n_dev: int) -> None:
     spec.out.mkdir(parents=True, exist_ok=True)
@@ -223,11 +213,11 @@ def _prober_factory(spec: Spec, group) -> Callable:
     def make(params0) -> list:
         import jax
 
-        by_seed: dict[tuple, list[int]] = {}
+        by_eval_set: dict[tuple, list[int]] = {}
         for i, p in enumerate(group.points):
-            by_seed.setdefault((p.cfg.train.seed, p.cfg.mask), []).append(i)
+            by_eval_set.setdefault((p.cfg.train.seed, p.cfg.mask), []).append(i)
         out, sl = [], group.slices()
-        for idx in by_seed.values():
+        for idx in by_eval_set.values():
             members = np.concatenate([np.arange(sl[i].start, sl[i].stop) for i in idx])
             n, views = group.n_seeds, []
             for k, i in enumerate(idx):

@@ -12,11 +12,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
-from matplotlib.figure import Figure
 
-from topicdyn.sweep.spec import Spec
+from topicdyn.plots.common import new_figure, save
+from topicdyn.sweep.spec import Spec, _fmt
 from topicdyn.sweep.summary import THEORY_LABEL, THEORY_OF, read_summary, seed_stats
 
 DEFAULT_METRICS = ("final_loss", "loss/eval_loss", "bayes_gap", "blocks/value_gap",
@@ -25,12 +24,6 @@ DEFAULT_METRICS = ("final_loss", "loss/eval_loss", "bayes_gap", "blocks/value_ga
 
 def _key(v):
     return tuple(v) if isinstance(v, list) else v
-
-
-def _label(v) -> str:
-    if isinstance(v, (list, tuple)):
-        return ",".join(_label(x) for x in v)
-    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _numeric(vals) -> bool:
@@ -42,7 +35,7 @@ def _values(rows, axis) -> list:
     for r in rows:
         if _key(r.get(axis)) not in [_key(v) for v in out]:
             out.append(r.get(axis))
-    return sorted(out, key=lambda v: (0, v, "") if _numeric([v]) else (1, 0, _label(v)))
+    return sorted(out, key=lambda v: (0, v, "") if _numeric([v]) else (1, 0, _fmt(v)))
 
 
 def _combos(rows, axes) -> list[dict]:
@@ -60,12 +53,6 @@ def _match(r: dict, d: dict) -> bool:
     return all(_key(r.get(a)) == _key(v) for a, v in d.items())
 
 
-def _new(w: float, h: float) -> Figure:
-    fig = Figure(figsize=(w, h), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _theory_cols(rows, metric) -> list[str]:
     return [c for c in THEORY_OF.get(metric, ()) if any(
         isinstance(r.get(c), (int, float)) for r in rows)]
@@ -78,7 +65,7 @@ def plot_line(rows, metric, x, axes, out: Path, title=None, log_x=None, log_y=Fa
     xs = _values(rows, x)
     numeric = _numeric(xs)
     pos = {_key(v): (v if numeric else i) for i, v in enumerate(xs)}
-    fig = _new(6.4, 4.2)
+    fig = new_figure(6.4, 4.2)
     ax = fig.add_subplot()
     colors = [f"C{i}" for i in range(10)]
     for li, combo in enumerate(_combos(rows, others)):
@@ -92,7 +79,7 @@ def plot_line(rows, metric, x, axes, out: Path, title=None, log_x=None, log_y=Fa
         if not px:
             continue
         c = colors[li % 10]
-        lab = ", ".join(f"{_short(a)}={_label(v)}" for a, v in combo.items()) or None
+        lab = ", ".join(f"{_short(a)}={_fmt(v)}" for a, v in combo.items()) or None
         ax.plot(px, mean, "o-", color=c, label=lab)
         ax.fill_between(px, lo, hi, color=c, alpha=0.2, linewidth=0)
         for ti, tc in enumerate(_theory_cols(sub, metric)):
@@ -103,7 +90,7 @@ def plot_line(rows, metric, x, axes, out: Path, title=None, log_x=None, log_y=Fa
                 ax.plot(*zip(*ty), ("--", ":", "-.")[ti % 3], color=c, alpha=0.8,
                         label=f"theory: {THEORY_LABEL.get(tc, tc)}" + (f" ({lab})" if lab else ""))
     if not numeric:
-        ax.set_xticks(range(len(xs)), [_label(v) for v in xs])
+        ax.set_xticks(range(len(xs)), [_fmt(v) for v in xs])
     elif log_x or (log_x is None and min(xs) > 0 and max(xs) / min(xs) >= 20):
         ax.set_xscale("log")
     if log_y:
@@ -114,7 +101,7 @@ def plot_line(rows, metric, x, axes, out: Path, title=None, log_x=None, log_y=Fa
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    return _save(fig, out)
+    return save(fig, out, dpi=110)
 
 
 def plot_heatmap(rows, metric, x, y, axes, out: Path, title=None, log_color=False) -> Path:
@@ -144,7 +131,7 @@ def plot_heatmap(rows, metric, x, y, axes, out: Path, title=None, log_color=Fals
     finite = np.concatenate([g[np.isfinite(g)] for g in grids]) if grids else np.array([])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     norm = LogNorm(vmin, vmax) if log_color and vmin > 0 else Normalize(vmin, vmax)
-    fig = _new(1.2 + 0.9 * len(xs) * len(panels) + 1.0, 1.2 + 0.6 * len(ys) + 0.6)
+    fig = new_figure(1.2 + 0.9 * len(xs) * len(panels) + 1.0, 1.2 + 0.6 * len(ys) + 0.6)
     axs = fig.subplots(1, len(panels), squeeze=False)[0]
     im = None
     for ax, (combo, col), g in zip(axs, panels, grids):
@@ -156,27 +143,21 @@ def plot_heatmap(rows, metric, x, y, axes, out: Path, title=None, log_color=Fals
                     light = norm(g[i, j]) < 0.5
                     ax.text(j, i, txt, ha="center", va="center", fontsize=7,
                             color="white" if light else "black")
-        ax.set_xticks(range(len(xs)), [_label(v) for v in xs])
-        ax.set_yticks(range(len(ys)), [_label(v) for v in ys])
+        ax.set_xticks(range(len(xs)), [_fmt(v) for v in xs])
+        ax.set_yticks(range(len(ys)), [_fmt(v) for v in ys])
         ax.set_xlabel(x)
         ax.set_ylabel(y)
         head = "measured (seed mean)" if col == metric else f"theory: {THEORY_LABEL.get(col, col)}"
-        sub = ", ".join(f"{_short(a)}={_label(v)}" for a, v in combo.items())
+        sub = ", ".join(f"{_short(a)}={_fmt(v)}" for a, v in combo.items())
         ax.set_title(head + (f"\n{sub}" if sub else ""), fontsize=8)
     if im is not None:
         fig.colorbar(im, ax=list(axs), shrink=0.9, label=metric)
     fig.suptitle((title or metric) + note, fontsize=10)
-    return _save(fig, out)
+    return save(fig, out, dpi=110)
 
 
 def _short(axis: str) -> str:
     return ",".join(f.split(".")[-1] for f in axis.split(","))
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
 
 
 def _fname(metric: str, x: str, y: str | None) -> str:

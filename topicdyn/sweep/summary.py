@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from topicdyn.config import load_config
+from topicdyn.jsonl import read_jsonl
 from topicdyn.sweep.spec import Spec
 
 # probe metric -> theory columns that predict it (plots overlay them)
@@ -34,11 +35,6 @@ THEORY_LABEL = {
     "theory/bayes_loss": "Bayes floor",
 }
 
-
-def _jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def theory_columns(theory: dict) -> dict:
@@ -74,10 +70,10 @@ def point_rows(run_dir: Path, values: dict, name: str) -> list[dict]:
     from topicdyn.verdicts import judge
 
     cfg = load_config(run_dir)
-    metrics = _jsonl(run_dir / "metrics.jsonl")
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
     if not metrics:
         return []
-    probes = _jsonl(run_dir / "probes.jsonl")
+    probes = read_jsonl(run_dir / "probes.jsonl")
     theory_path = run_dir / "theory.json"
     theory = json.loads(theory_path.read_text()) if theory_path.exists() else {}
     last_m, last_p = metrics[-1], (probes[-1] if probes else {})
@@ -130,7 +126,7 @@ def write_summary(spec: Spec) -> Path:
 
 
 def read_summary(sweep_dir: str | Path) -> list[dict]:
-    return _jsonl(Path(sweep_dir) / "sweep_summary.jsonl")
+    return read_jsonl(Path(sweep_dir) / "sweep_summary.jsonl")
 
 
 def _clean(r: dict) -> dict:
@@ -150,8 +146,7 @@ def _cell(v):
 
 def seed_stats(rows: list[dict], metric: str) -> tuple[float, float, float]:
     """(mean, min, max) of a metric over rows (NaN/None ignored)."""
-    v = np.array([r[metric] for r in rows if isinstance(r.get(metric), (int, float))
-                  and r[metric] is not None], float)
+    v = np.array([r[metric] for r in rows if isinstance(r.get(metric), (int, float))], float)
     v = v[np.isfinite(v)]
     if v.size == 0:
         return math.nan, math.nan, math.nan
