@@ -8,7 +8,6 @@ few distinct configurations keep the XLA compilations (the cost of these tests) 
 from __future__ import annotations
 
 import functools
-import types
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +16,8 @@ import pytest
 
 from topicdyn.config import apply_overrides, preset
 from topicdyn.masking import sample_batch
-from topicdyn.models import MODELS, get_model
+from topicdyn.models import get_model, get_variant
 from topicdyn.models.fast import MIN_CAP, default_cap, fast_loss, fast_supported
-from topicdyn.models.transformer import PARAM_GROUP, fixed_groups
 from topicdyn.training import loss_fn
 
 # the topic prior never matters to the loss; k_topics/equal just compiles faster than Dirichlet
@@ -72,8 +70,9 @@ def _params(cfg, seed, std=0.5):
     """The model's init with its trained matrices redrawn at `std` (numpy: no RNG compile)."""
     zero_init = apply_overrides(cfg, ["model.init_scale=0"])
     params = _init(cfg.model.name)(jax.random.PRNGKey(0), zero_init)
-    rng, fixed = np.random.default_rng(seed), fixed_groups(cfg) | {"layernorm"}
-    return {name: sub if PARAM_GROUP[name] in fixed else
+    variant = get_variant(cfg.model.name)
+    rng, fixed = np.random.default_rng(seed), variant.fixed_groups(cfg) | {"layernorm"}
+    return {name: sub if variant.param_group((name,)) in fixed else
             jnp.asarray(std * rng.standard_normal(sub.shape), sub.dtype)
             for name, sub in params.items()}
 
@@ -196,15 +195,17 @@ def test_no_selected_position_gives_zero():
 
 
 def test_fast_supported():
-    for name in MODELS:
+    for name in ("attention", "embedding_only"):
         for extra in ([], ["model.residual=true", "model.layernorm=true", "model.decoder=tied",
                            "model.loss=squared"]):
             assert fast_supported(preset("F", [f"model.name={name}"] + extra))
-    other = types.SimpleNamespace(model=types.SimpleNamespace(
-        name="two_layer", loss="ce", decoder="trained"))
-    assert not fast_supported(other)
-    with pytest.raises(ValueError):
-        fast_loss({}, None, other)
+    # the definitions the kernel is not exact for fall back (fail closed)
+    for extra in (["model.n_layers=2"], ["mask.objective=causal"], ["model.positional=learned"],
+                  ["model.positional=sinusoidal"]):
+        other = preset("F", extra)
+        assert not fast_supported(other), extra
+        with pytest.raises(ValueError):
+            fast_loss({}, None, other)
 
 
 def test_default_cap_bounds_the_chunked_count():

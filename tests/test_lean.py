@@ -25,7 +25,7 @@ from topicdyn.config import apply_overrides, preset
 from topicdyn.masking import sample_batch
 from topicdyn.models import get_model
 from topicdyn.models.lean import lean_loss, lean_supported, structural_constants
-from topicdyn.models.transformer import PARAM_GROUP
+from topicdyn.models import get_variant
 from topicdyn.training import loss_fn, train_batch, train_loss_fn, trainable_groups
 
 # the topic prior never matters to the loss; k_topics/equal compiles faster than Dirichlet
@@ -249,5 +249,5 @@ def test_train_loss_fn_equals_loss_fn(case):
     train = trainable_groups(cfg)
     assert train
     for n in params:
-        if PARAM_GROUP[n] in train:
+        if get_variant(cfg.model.name).param_group((n,)) in train:
             _assert_close(gg[n], gt[n], f"{case} grad {n}")

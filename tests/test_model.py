@@ -9,7 +9,6 @@ import pytest
 from topicdyn.config import DataConfig, ModelConfig, Config, preset
 from topicdyn.masking import MLMBatch
 from topicdyn.models import get_model
-from topicdyn.models.transformer import fixed_groups
 from topicdyn.training import loss_fn, masked_loss
 
 TINY_DATA = DataConfig(T=3, v=2, N_min=3, N_max=5, alpha=0.5)  # V=6, n_vocab=10, L=7
@@ -286,7 +285,7 @@ def test_preset_A_fixed_matrices():
     np.testing.assert_array_equal(np.asarray(params["W_dec"]), np.eye(d, nv))
     for g in ("WQ", "WK"):
         _assert_normal_init(params[g], cfg.model.init_scale, g)
-    assert fixed_groups(cfg) == {"embedding", "value", "decoder"}
+    assert get_model(cfg.model.name).fixed_groups(cfg) == {"embedding", "value", "decoder"}
     # the captured values of a one-hot input are its row of the topic-block matrix (2 heads)
     batch = _random_batch(cfg.data, seed=7, batch=2)
     _, inter = _apply("attention", params, batch, cfg, capture=True)
@@ -303,7 +302,7 @@ def test_preset_V_fixed_matrices():
     np.testing.assert_array_equal(np.asarray(params["WQ"]), 0.0)
     np.testing.assert_array_equal(np.asarray(params["WK"]), 0.0)
     _assert_normal_init(params["WV"], cfg.model.init_scale, "WV")
-    assert fixed_groups(cfg) == {"embedding", "query", "key", "decoder"}
+    assert get_model(cfg.model.name).fixed_groups(cfg) == {"embedding", "query", "key", "decoder"}
 
 
 def test_preset_E_fixed_matrices():
@@ -315,7 +314,7 @@ def test_preset_E_fixed_matrices():
     np.testing.assert_array_equal(np.asarray(params["WQ"]), 0.0)
     np.testing.assert_array_equal(np.asarray(params["WK"]), 0.0)
     _assert_normal_init(params["E"], cfg.model.init_scale, "E")
-    assert fixed_groups(cfg) == {"query", "key", "value", "decoder"}
+    assert get_model(cfg.model.name).fixed_groups(cfg) == {"query", "key", "value", "decoder"}
 
 
 def test_preset_F_small_init_everywhere():
@@ -324,4 +323,4 @@ def test_preset_F_small_init_everywhere():
     assert set(params) == {"E", "WQ", "WK", "WV", "W_dec"}
     for name, x in params.items():
         _assert_normal_init(x, 0.02, name)
-    assert fixed_groups(cfg) == set()
+    assert get_model(cfg.model.name).fixed_groups(cfg) == set()

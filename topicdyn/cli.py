@@ -225,6 +225,11 @@ def cmd_info(a) -> int:
     print(f"preset: {cfg.preset}  model: {cfg.model.name}  steps: {cfg.train.steps}  "
           f"seeds: {cfg.train.n_seeds} (from {cfg.train.seed})")
     print("config: " + json.dumps(cfg.to_dict(), sort_keys=True))
+    from topicdyn.config import RECORD_KEY
+
+    saved = json.loads((Path(run_dir) / "config.json").read_text()).get(RECORD_KEY)
+    print("implementation: " + (json.dumps(saved, sort_keys=True) if saved else
+                                "not recorded (a run from before implementations were recorded)"))
     ck = list_checkpoints(run_dir)
     print(f"checkpoints: {len(ck)}" + (f" (steps {ck[0]['step']}..{ck[-1]['step']}; latest "
                                         f"sha256 {ck[-1]['sha256'][:16]})" if ck else ""))

@@ -147,6 +147,9 @@ class MaskConfig:
     p_keep: float = 0.1  # ... or its correct token
     random_source: str = "all"  # random tokens from all ids (reference) or content words only
     key_set: str = "unselected"  # keys = unselected positions (reference) | all visible positions
+    # mlm: loss at selected positions (the paper's objective); causal: every position predicts
+    # the next token from its prefix (no corruption; the p_* fields then do not apply)
+    objective: str = "mlm"
 
     def __post_init__(self):
         _prob("mask.p_mask", self.p_mask)
@@ -159,18 +162,23 @@ class MaskConfig:
                "proportions summing to 1", round(total, 9))
         _choice("mask.random_source", self.random_source, ("all", "content"))
         _choice("mask.key_set", self.key_set, ("unselected", "all"))
+        _choice("mask.objective", self.objective, ("mlm", "causal"))
 
 
-PARAM_GROUPS = ("embedding", "query", "key", "value", "decoder", "layernorm")
+# every group a built-in variant may have; a variant declares its own (Variant.groups), and
+# group names in optim.* are checked against the config's variant
+PARAM_GROUPS = ("embedding", "position", "query", "key", "value", "decoder", "layernorm")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """One-layer transformer variant (BRIEF §3). `init_*` override `init_scale` (a normal std)."""
 
-    name: str = "attention"  # a key of topicdyn.models.MODELS
+    name: str = "attention"  # a registered variant (topicdyn.models) or package.module:attr
     d_model: int | None = None  # None: the vocabulary size (one-hot-compatible width)
     n_heads: int = 1
+    n_layers: int = 1  # attention layers (each with model.residual / model.layernorm)
+    positional: str = "none"  # none | learned | sinusoidal (added to the token embedding)
     embedding: str = "trained"  # trained | onehot
     attention: str = "trained"  # trained | uniform (W^Q = W^K = 0, frozen)
     value: str = "trained"  # trained | identity | topic_block
@@ -185,11 +193,17 @@ class ModelConfig:
     init_key: float | None = None
     init_value: float | None = None
     init_decoder: float | None = None
+    init_position: float | None = None
 
     def __post_init__(self):
+        _check(isinstance(self.name, str) and self.name != "", "model.name",
+               "a variant name", self.name)
         if self.d_model is not None:
             _int_at_least("model.d_model", self.d_model, 1)
         _int_at_least("model.n_heads", self.n_heads, 1)
+        _check(_is_int(self.n_layers) and 1 <= self.n_layers <= 16, "model.n_layers",
+               "an integer in [1, 16]", self.n_layers)
+        _choice("model.positional", self.positional, ("none", "learned", "sinusoidal"))
         _choice("model.embedding", self.embedding, ("trained", "onehot"))
         _choice("model.attention", self.attention, ("trained", "uniform"))
         _choice("model.value", self.value, ("trained", "identity", "topic_block"))
@@ -201,7 +215,7 @@ class ModelConfig:
         _choice("model.impl", self.impl, ("auto", "generic", "fast"))
         _check(_is_num(self.init_scale) and self.init_scale >= 0, "model.init_scale",
                "a number >= 0", self.init_scale)
-        for g in ("embedding", "query", "key", "value", "decoder"):
+        for g in ("embedding", "query", "key", "value", "decoder", "position"):
             s = getattr(self, f"init_{g}")
             if s is not None:
                 _check(_is_num(s) and s >= 0, f"model.init_{g}", "a number >= 0 or null", s)
@@ -248,14 +262,14 @@ class OptimConfig:
                    self.weight_decay)
         if self.grad_clip is not None:
             _positive("optim.grad_clip", self.grad_clip)
-        groups = "one of " + ", ".join(PARAM_GROUPS)
+        # group names are checked against the variant's groups by Config
         for g, m in self.group_lr:
-            _check(g in PARAM_GROUPS, "optim.group_lr", f"group names {groups}", g)
+            _check(isinstance(g, str), "optim.group_lr", "group names", g)
             _check(_is_num(m) and m >= 0, "optim.group_lr", "multipliers >= 0", m)
         for g in self.freeze:
-            _check(g in PARAM_GROUPS, "optim.freeze", groups, g)
+            _check(isinstance(g, str), "optim.freeze", "group names", g)
         for g, s in self.unfreeze_at:
-            _check(g in PARAM_GROUPS, "optim.unfreeze_at", f"group names {groups}", g)
+            _check(isinstance(g, str), "optim.unfreeze_at", "group names", g)
             _check(_is_int(s) and s >= 0, "optim.unfreeze_at", "steps >= 0", s)
 
 
@@ -298,9 +312,22 @@ class Config:
     preset: str = "custom"
 
     def __post_init__(self):
-        from topicdyn.models import MODELS  # late: models import config
+        from topicdyn.models import get_variant  # late: models import config
 
-        _choice("model.name", self.model.name, tuple(sorted(MODELS)))
+        variant = get_variant(self.model.name)  # imports package.module:attr names
+        groups = "one of " + ", ".join(variant.groups)
+        for name, gs in (("optim.group_lr", [g for g, _ in self.optim.group_lr]),
+                         ("optim.freeze", self.optim.freeze),
+                         ("optim.unfreeze_at", [g for g, _ in self.optim.unfreeze_at])):
+            for g in gs:
+                _check(g in variant.groups, name,
+                       f"group names of variant {self.model.name!r}: {groups}", g)
+        check = getattr(variant, "check_config", None)
+        if check is not None:
+            check(self)
+        if self.model.impl == "fast":
+            from topicdyn.models.kernels import select
+            select(self)  # a one-line error naming the field no kernel is exact for
         n_vocab, d = self.data.n_vocab, self.d_model
         if self.model.embedding == "onehot":
             _check(d >= n_vocab, "model.d_model",
@@ -329,6 +356,9 @@ class Config:
     def from_dict(cls, d: dict) -> "Config":
         return _build(cls, d, "")
 
+
+# config.json's key for the record of which implementation trained the run (run.py writes it)
+RECORD_KEY = "implementation"
 
 _SECTIONS = {"data": DataConfig, "mask": MaskConfig, "model": ModelConfig,
              "optim": OptimConfig, "train": TrainConfig}
@@ -439,6 +469,8 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"config: file not found: {p}") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"config: {p} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    if isinstance(d, dict):
+        d.pop(RECORD_KEY, None)  # what trained the run: a record, not a setting
     return Config.from_dict(d)
 
 

@@ -19,8 +19,8 @@ from topicdyn.config import DataConfig, MaskConfig
 from topicdyn.data import (Documents, _below, _threshold, derive_key, document_words,
                            documents_from_words, key_words, random_words)
 
-# values of MLMBatch.kind
-NOT_SELECTED, SHOW_MASK, SHOW_RANDOM, SHOW_KEEP = 0, 1, 2, 3
+# values of MLMBatch.kind (NEXT_TOKEN: a causal-objective loss position)
+NOT_SELECTED, SHOW_MASK, SHOW_RANDOM, SHOW_KEEP, NEXT_TOKEN = 0, 1, 2, 3, 4
 
 
 class MLMBatch(NamedTuple):
@@ -113,6 +113,22 @@ def corrupt_from_words(r: jax.Array, docs: Documents, data: DataConfig,
                                                  docs.topics, docs.theta, docs.valid))
 
 
+def causal_batch(docs: Documents, data: DataConfig) -> MLMBatch:
+    """The next-token objective on clean documents: position i shows token i and predicts token
+    i + 1, with a loss where that next token is a content word (START predicts the first word;
+    the last word's END is not a target). key_mask holds every non-PAD position; the model
+    restricts each query to its prefix (models/layers.query_key_mask), so the batch has one
+    key set per query, not per document."""
+    tok = docs.tokens
+    B = tok.shape[0]
+    targets = jnp.concatenate([tok[:, 1:], jnp.full((B, 1), data.PAD, tok.dtype)], axis=1)
+    selected = jnp.concatenate([docs.content[:, 1:], jnp.zeros((B, 1), bool)], axis=1)
+    kind = jnp.where(selected, NEXT_TOKEN, NOT_SELECTED).astype(jnp.int32)
+    return jax.lax.optimization_barrier(MLMBatch(tok.astype(jnp.int32), targets.astype(jnp.int32),
+                                                 selected, docs.valid, kind, docs.topics,
+                                                 docs.theta, docs.valid))
+
+
 def sample_batch(key: jax.Array, data: DataConfig, mask: MaskConfig,
                  batch: int | None = None, thr: MaskThresholds | None = None) -> MLMBatch:
     """Documents then corruption, from one key: the whole input pipeline of one step.
@@ -130,4 +146,6 @@ def _sample_batch(key, data: DataConfig, mask: MaskConfig, batch: int | None,
     n_doc = document_words(data, B)
     r = random_words(kw, (n_doc + B * data.seq_len,))
     docs = documents_from_words(derive_key(kw, 0), r[:n_doc], data, B)
+    if mask.objective == "causal":
+        return causal_batch(docs, data)
     return corrupt_from_words(r[n_doc:].reshape(B, data.seq_len), docs, data, mask, thr)

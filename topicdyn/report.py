@@ -46,6 +46,8 @@ def cell(text) -> str:
 
 
 def measured(c: dict, n_seeds: int) -> str:
+    if c["measured"] is None:
+        return "-"
     if n_seeds > 1:
         return f"{fmt(c['measured'])} ± {fmt(c['sd'], 2)}"
     return fmt(c["measured"])

@@ -67,7 +67,16 @@ def _prepare_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
         return
     check_new_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path.write_text(cfg.to_json() + "\n")
+    write_config(cfg, cfg_path)
+
+
+def write_config(cfg: Config, path: Path) -> None:
+    """config.json: the Config plus the record of which implementation trains it."""
+    from topicdyn.config import RECORD_KEY
+    from topicdyn.models.kernels import record
+
+    path.write_text(json.dumps({**cfg.to_dict(), RECORD_KEY: record(cfg)}, indent=2,
+                               sort_keys=True) + "\n")
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False,
@@ -121,7 +130,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
                 bar.update(n)
             losses = np.concatenate(window)  # (steps in window, n_seeds)
             window = []
-            pnorm = jax.device_get(_param_norms(state.params))
+            pnorm = jax.device_get(param_norms(cfg)(state.params))
             row = {"step": step, "loss": _floats(losses.mean(0)),
                    "loss_last": _floats(losses[-1]),
                    "grad_norm": {g: _floats(v) for g, v in last_grad.items()},
@@ -151,7 +160,15 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
     return run_dir
 
 
-_param_norms = jax.jit(jax.vmap(group_norms))
+_NORMS: dict = {}
+
+
+def param_norms(cfg: Config):
+    """jit(vmap(params -> {group: norm})) for cfg's variant (cached per variant and config)."""
+    key = (cfg.model, cfg.optim)
+    if key not in _NORMS:
+        _NORMS[key] = jax.jit(jax.vmap(lambda p: group_norms(p, cfg)))
+    return _NORMS[key]
 
 
 def _floats(a) -> list[float]:

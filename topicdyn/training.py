@@ -14,16 +14,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from topicdyn.config import PARAM_GROUPS, Config
+from topicdyn.config import Config
 from topicdyn.masking import MaskThresholds, MLMBatch, sample_batch
-from topicdyn.models import get_model
-from topicdyn.models.fast import fast_loss, fast_supported
-from topicdyn.models.lean import lean_loss, lean_supported, structural_constants
-from topicdyn.models.transformer import PARAM_GROUP, fixed_groups
+from topicdyn.models import get_variant, kernels
+from topicdyn.models.fast import fast_loss
+from topicdyn.models.lean import lean_loss, structural_constants
+from topicdyn.models.transformer import trainable
+from topicdyn.models.variant import label_tree
 from topicdyn.xla import compile_options
 
 # independent random streams derived from one seed
 INIT_STREAM, DATA_STREAM, EVAL_STREAM = 0, 1, 2
+# documents in every run's fixed evaluation set (probes, eval-set theory values, figures)
+N_EVAL = 80
 # steps whose batches are sampled together (make_chunk_fn)
 SAMPLE_BLOCK = 10
 
@@ -43,15 +46,14 @@ class TrainState(NamedTuple):
     opt_state: optax.OptState
 
 
-def param_labels(params: dict) -> dict:
-    """Same tree as params, each leaf labelled with its group name."""
-    return {name: jax.tree.map(lambda _: PARAM_GROUP[name], sub) for name, sub in params.items()}
+def param_labels(params: dict, cfg: Config) -> dict:
+    """Same tree as params, each leaf labelled with its group name (the variant's groups)."""
+    return label_tree(get_variant(cfg.model.name), params)
 
 
 def trainable_groups(cfg: Config) -> set[str]:
     """Groups the optimiser updates (possibly only from a scheduled step on)."""
-    groups = set(PARAM_GROUPS) - fixed_groups(cfg) - set(cfg.optim.freeze)
-    return groups | {g for g, _ in cfg.optim.unfreeze_at}
+    return trainable(get_variant(cfg.model.name), cfg)
 
 
 def lr_schedule(cfg: Config) -> optax.Schedule:
@@ -104,7 +106,7 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
         transforms[label[g]] = tx
 
     def labels(params):
-        return jax.tree.map(lambda g: label.get(g, "frozen"), param_labels(params))
+        return jax.tree.map(lambda g: label.get(g, "frozen"), param_labels(params, cfg))
 
     tx = optax.multi_transform(transforms, labels)
     if o.grad_clip is not None:
@@ -124,45 +126,49 @@ def masked_loss(logits: jax.Array, batch, cfg: Config) -> jax.Array:
     return jnp.sum(per * sel) / jnp.maximum(jnp.sum(sel), 1.0)
 
 
-def loss_fn(params, batch, cfg: Config) -> jax.Array:
-    """Training loss. The bag-of-words fast path (models/fast.py) computes the same number
-    (tests/test_fast.py) and is used whenever it supports the variant, unless model.impl says
-    otherwise."""
-    if use_fast(cfg):
-        return fast_loss(params, batch, cfg)
-    logits, _ = get_model(cfg.model.name).apply(params, batch, cfg)
+def generic_loss(params, batch, cfg: Config) -> jax.Array:
+    """The definition: the variant's apply, then masked_loss."""
+    logits, _ = get_variant(cfg.model.name).apply(params, batch, cfg)
     return masked_loss(logits, batch, cfg)
 
 
+def loss_fn(params, batch, cfg: Config) -> jax.Array:
+    """Training loss. The bag-of-words kernel (models/fast.py) computes the same number
+    (tests/test_fast.py) and is used only where kernels.FAST is declared exact for every config
+    field, unless model.impl=generic."""
+    if cfg.model.impl != "generic" and kernels.exact(kernels.FAST, cfg):
+        return fast_loss(params, batch, cfg)
+    if cfg.model.impl == "fast":
+        kernels.select(cfg)  # raises the one-line error naming the field
+    return generic_loss(params, batch, cfg)
+
+
 def train_loss_fn(params, batch, cfg: Config) -> jax.Array:
-    """The loss the training step differentiates: loss_fn, except that matrices the variant holds
-    frozen at a known constant (identity embedding/decoder, zero W^Q/W^K) are used as constants
-    (models/fast.lean_loss), which is exact for every state training can reach."""
-    if use_fast(cfg) and lean_supported(cfg):
+    """The loss the training step differentiates, through the kernel kernels.select(cfg) picks.
+    The lean kernel takes matrices the variant holds frozen at a known constant (identity
+    embedding/decoder, zero W^Q/W^K) as constants, exact for every state training can reach."""
+    impl = kernels.select(cfg)
+    if impl == "lean":
         return lean_loss(params, batch, cfg, const=structural_constants(cfg, trainable_groups(cfg)))
-    return loss_fn(params, batch, cfg)
+    if impl == "fast":
+        return fast_loss(params, batch, cfg)
+    return generic_loss(params, batch, cfg)
 
 
 def use_fast(cfg: Config) -> bool:
-    if cfg.model.impl == "generic":
-        return False
-    ok = fast_supported(cfg)
-    if cfg.model.impl == "fast" and not ok:
-        from topicdyn.config import ConfigError
-        raise ConfigError(f"model.impl: fast is not available for model {cfg.model.name!r}; "
-                          "use auto or generic")
-    return ok
+    """Whether training runs through a fast kernel (raises for model.impl=fast without one)."""
+    return kernels.select(cfg) != "generic"
 
 
-def group_norms(tree: dict, groups: set[str] | None = None) -> dict:
+def group_norms(tree: dict, cfg: Config, groups: set[str] | None = None) -> dict:
     """{group: global L2 norm} of a params-shaped tree (only `groups`, if given)."""
-    out = {}
-    for name, sub in tree.items():
-        if groups is not None and PARAM_GROUP[name] not in groups:
+    labels = param_labels(tree, cfg)
+    sums: dict = {}
+    for g, x in zip(jax.tree.leaves(labels), jax.tree.leaves(tree)):
+        if groups is not None and g not in groups:
             continue
-        leaves = jax.tree.leaves(sub)
-        out[PARAM_GROUP[name]] = jnp.sqrt(sum(jnp.sum(x.astype(jnp.float32) ** 2) for x in leaves))
-    return out
+        sums.setdefault(g, []).append(jnp.sum(x.astype(jnp.float32) ** 2))
+    return {g: jnp.sqrt(sum(v)) for g, v in sums.items()}
 
 
 def init_state(cfg: Config, seeds: jax.Array,
@@ -174,7 +180,7 @@ def init_state(cfg: Config, seeds: jax.Array,
     the member's scale: bit-identical to a run with model.init_scale set to that value, because
     flax's normal initialiser is exactly normal(key) * std.
     """
-    model, tx = get_model(cfg.model.name), make_optimizer(cfg)
+    model, tx = get_variant(cfg.model.name), make_optimizer(cfg)
 
     def at_scale(s):
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_scale=s))
@@ -219,7 +225,8 @@ def make_update(cfg: Config):
             # last factor of the update), so scaling the update is a per-member learning rate
             updates = jax.tree.map(lambda u: u * lr_scale.astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state), {"loss": loss, "grad_norm": group_norms(grads, train)}
+        return TrainState(params, opt_state), {"loss": loss,
+                                               "grad_norm": group_norms(grads, cfg, train)}
 
     return update
 

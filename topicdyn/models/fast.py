@@ -32,19 +32,16 @@ import jax
 import jax.numpy as jnp
 
 from topicdyn.config import Config
+from topicdyn.models.kernels import FAST, exact
 
 NEG_INF = -1e30  # same mask value as the generic model: exp underflows to exactly 0
 MIN_CAP = 16
 CAP_SIGMAS = 10.0
 
-_SUPPORTED = ("attention", "embedding_only")
-
-
 def fast_supported(cfg: Config) -> bool:
-    """True when fast_loss reproduces training.loss_fn for this config."""
-    m = cfg.model
-    return (m.name in _SUPPORTED and m.loss in ("ce", "squared")
-            and m.decoder in ("trained", "identity", "tied"))
+    """True when fast_loss reproduces training.loss_fn for this config (kernels.FAST declares
+    every field it is exact for; anything else rules it out)."""
+    return exact(FAST, cfg)
 
 
 def _query_free(cfg: Config) -> bool:
@@ -91,7 +88,7 @@ def _fold_decoder(cfg: Config) -> bool:
     return m.name == "embedding_only" or m.n_heads * cfg.data.n_vocab <= 2 * cfg.d_model
 
 
-def _tables(params, batch, cfg: Config) -> tuple[dict, dict]:
+def vocab_tables(params, batch, cfg: Config) -> tuple[dict, dict]:
     """Differentiable vocabulary tables (from params) and constant per-document data.
 
     Unfolded: "S" (H, nv, nv) scores and "VE" (H, nv, dh) values (attention), "doc_out" (B, d)
@@ -134,7 +131,7 @@ def _tables(params, batch, cfg: Config) -> tuple[dict, dict]:
     return tables, data
 
 
-def _row_logits(tables, data, doc, x, cfg: Config):
+def row_logits(tables, data, doc, x, cfg: Config):
     """Logits (n, nv) of n queries given their document index doc (n,) and input token x (n,)."""
     m = cfg.model
     if m.name == "embedding_only":
@@ -189,7 +186,7 @@ def _make_chunked_sum(cfg: Config, L: int, cap: int, single: bool):
         idx = jnp.zeros(cap, jnp.int32).at[slot].set(
             jnp.arange(mask.shape[0], dtype=jnp.int32), mode="drop")
         valid = jnp.arange(cap) < n - k * cap
-        logits = _row_logits(tables, data, idx // L, inputs[idx], cfg)
+        logits = row_logits(tables, data, idx // L, inputs[idx], cfg)
         return jnp.sum(jnp.where(valid, _per_position(logits, targets[idx], loss), 0.0))
 
     def over_chunks(step, init, n):
@@ -232,17 +229,17 @@ def fast_loss(params, batch, cfg: Config, cap: int | None = None) -> jax.Array:
     Returns the scalar mean loss over selected positions; jittable, vmappable, differentiable.
     """
     if not fast_supported(cfg):
-        raise ValueError(f"fast_loss does not handle this config (model {cfg.model.name!r})")
+        raise ValueError(f"fast_loss is not exact for this config: {FAST.why_not(cfg)}")
     B, L = batch.inputs.shape
     nv, MASK = cfg.data.n_vocab, cfg.data.MASK
-    tables, data = _tables(params, batch, cfg)
+    tables, data = vocab_tables(params, batch, cfg)
     sel = batch.selected
     dtype = params["E"].dtype
 
     # group 1: one row per document with query token [MASK] (any token when query-free)
     g1 = sel if _query_free(cfg) else sel & (batch.inputs == MASK)
     n1 = _counts(batch.targets, g1.astype(dtype)[..., None], nv)[..., 0]  # (B, nv)
-    doc_logits = _row_logits(tables, data, jnp.arange(B), jnp.full((B,), MASK), cfg)
+    doc_logits = row_logits(tables, data, jnp.arange(B), jnp.full((B,), MASK), cfg)
     total = jnp.sum(n1 * _per_target(doc_logits, cfg.model.loss))
 
     # group 2: every other selected position, cap at a time

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from topicdyn.config import Config
-from topicdyn.models.fast import _SUPPORTED, NEG_INF, default_cap
+from topicdyn.models.fast import NEG_INF, default_cap
+from topicdyn.models.kernels import LEAN, exact
 
 # the lean training path sizes its first block at mean + 3.5 sd: the overflow loop then runs on
 # ~2 steps in 10^4, and the rows no step needs cost less
@@ -36,9 +37,8 @@ def structural_constants(cfg: Config, trainable: set[str]) -> frozenset[str]:
 
 
 def lean_supported(cfg: Config) -> bool:
-    m = cfg.model
-    return (m.name in _SUPPORTED and m.loss == "ce" and not m.residual and not m.layernorm
-            and m.n_heads == 1)
+    """True when lean_loss is exact for cfg (kernels.LEAN's declaration)."""
+    return exact(LEAN, cfg)
 
 
 def _ones(n, dtype=jnp.float32):

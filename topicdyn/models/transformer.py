@@ -1,32 +1,31 @@
-"""One-layer transformer without positional encoding (BRIEF §3), as a Flax linen module.
+"""The paper's transformer family (BRIEF §3) as a Flax linen module, and its two variants.
 
-Row-vector convention: h_i = E[x_i] (d,), q = h W^Q, k = h W^K, v = h W^V, so
-s_ij = <q_i, k_j> / sqrt(d_head) and the bilinear score matrix in input space is W^Q W^K^T
-(= the paper's W^K^T W^Q in its column convention). Keys are restricted by batch.key_mask.
+`attention`: token embedding (+ optional positional embedding), `model.n_layers` attention
+layers (each optionally with a residual and a LayerNorm), a decoder. `embedding_only`: the same
+with uniform attention over the keys and no W^Q/W^K at all. Keys are restricted by the batch's
+key mask and, for the causal objective, to the query's prefix (layers.query_key_mask).
+
 Fixed matrices (one-hot embedding, identity/topic-block W^V, identity decoder, zero W^Q/W^K for
-uniform attention) are ordinary parameters with constant init; training freezes them in optax, so
-probes read every matrix from `params` the same way.
+uniform attention, sinusoidal positions) are ordinary parameters with constant init; training
+freezes them in optax, so probes read every matrix from `params` the same way.
+
+Parameter names: layer 1 owns WQ, WK, WV (and "ln"); layer l >= 2 owns WQ_l{l}, ... ("ln_l{l}"),
+so a one-layer model's params (and checkpoints) keep their flat names.
 """
 from __future__ import annotations
 
+import re
+
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from topicdyn.config import Config
 from topicdyn.data import word_topic
-from topicdyn.models import ModelDef, register
-
-NEG_INF = -1e30
-
-
-def _normal(std):
-    return nn.initializers.normal(std) if std > 0 else nn.initializers.zeros
-
-
-def _const(value):
-    return lambda key, shape, dtype=jnp.float32: jnp.asarray(value, dtype).reshape(shape)
+from topicdyn.models import register
+from topicdyn.models import variant as tr
+from topicdyn.models.layers import attention_layer, const, normal, query_key_mask, sinusoidal_table
+from topicdyn.models.variant import Variant
 
 
 def topic_block_matrix(cfg: Config) -> np.ndarray:
@@ -36,6 +35,11 @@ def topic_block_matrix(cfg: Config) -> np.ndarray:
     m = np.zeros((d, d), np.float32)
     m[:V, :V] = (wt[:, None] == wt[None, :]).astype(np.float32)
     return m
+
+
+def layer_suffix(layer: int) -> str:
+    """Parameter-name suffix of layer `layer` (1-based): "" for the first."""
+    return "" if layer == 1 else f"_l{layer}"
 
 
 class TopicTransformer(nn.Module):
@@ -48,101 +52,188 @@ class TopicTransformer(nn.Module):
         d, H, nv = cfg.d_model, m.n_heads, cfg.data.n_vocab
         dh = d // H
         if m.embedding == "onehot":
-            E = self.param("E", _const(np.eye(nv, d, dtype=np.float32)), (nv, d))
+            E = self.param("E", const(np.eye(nv, d, dtype=np.float32)), (nv, d))
         else:
-            E = self.param("E", _normal(m.init_std("embedding")), (nv, d))
+            E = self.param("E", normal(m.init_std("embedding")), (nv, d))
         h = E[inputs]  # (B, L, d)
+        L = inputs.shape[1]
+        if m.positional == "learned":
+            h = h + self.param("P", normal(m.init_std("position")), (cfg.data.seq_len, d))[:L]
+        elif m.positional == "sinusoidal":
+            h = h + self.param("P", const(sinusoidal_table(cfg.data.seq_len, d)),
+                               (cfg.data.seq_len, d))[:L]
         self.sow("intermediates", "embeddings", h)
 
         if m.value == "trained":
-            WV = self.param("WV", _normal(m.init_std("value")), (H, d, dh))
+            value_init = normal(m.init_std("value"))
         else:
             full = np.eye(d, dtype=np.float32) if m.value == "identity" else topic_block_matrix(cfg)
-            WV = self.param("WV", _const(full.reshape(d, H, dh).transpose(1, 0, 2)), (H, d, dh))
-        vals = jnp.einsum("bld,hde->bhle", h, WV)
-        self.sow("intermediates", "values", _merge(vals))
-
-        B, L = inputs.shape
-        if self.mean_pool:
-            w = key_mask.astype(h.dtype)
-            attn = jnp.broadcast_to((w / jnp.maximum(w.sum(-1, keepdims=True), 1.0))[:, None, None],
-                                    (B, H, L, L))
-        else:
-            qk_init = (lambda g: _normal(m.init_std(g))) if m.attention == "trained" else \
-                (lambda g: nn.initializers.zeros)
-            WQ = self.param("WQ", qk_init("query"), (H, d, dh))
-            WK = self.param("WK", qk_init("key"), (H, d, dh))
-            q = jnp.einsum("bld,hde->bhle", h, WQ)
-            k = jnp.einsum("bld,hde->bhle", h, WK)
-            scores = jnp.einsum("bhie,bhje->bhij", q, k) / np.sqrt(dh)
-            self.sow("intermediates", "scores", scores)
-            keys = key_mask[:, None, None, :]
-            # the final where zeroes a query with no keys at all (short documents, every word
-            # selected); a bare softmax would spread it over PAD and selected positions
-            attn = jnp.where(keys, jax.nn.softmax(jnp.where(keys, scores, NEG_INF), axis=-1), 0.0)
-        self.sow("intermediates", "attention", attn)
-        out = _merge(jnp.einsum("bhij,bhje->bhie", attn, vals))  # (B, L, d)
-        if m.residual:
-            out = out + h
-        if m.layernorm:
-            out = nn.LayerNorm(name="ln")(out)
-        self.sow("intermediates", "context", out)
+            value_init = const(full.reshape(d, H, dh).transpose(1, 0, 2))
+        qk_init = (lambda g: normal(m.init_std(g))) if m.attention == "trained" else \
+            (lambda g: nn.initializers.zeros)
+        keys = query_key_mask(key_mask, cfg.mask.objective)
+        for layer in range(1, m.n_layers + 1):
+            sfx = layer_suffix(layer)
+            out = attention_layer(self, h, keys, H=H, suffix=sfx, value_init=value_init,
+                                  qk_init=qk_init, mean_pool=self.mean_pool, tag=sfx)
+            if m.residual:
+                out = out + h
+            if m.layernorm:
+                out = nn.LayerNorm(name=f"ln{sfx}")(out)
+            h = out
+        self.sow("intermediates", "context", h)
 
         if m.decoder == "tied":
-            logits = out @ E.T
+            logits = h @ E.T
         elif m.decoder == "identity":
-            Wd = self.param("W_dec", _const(np.eye(d, nv, dtype=np.float32)), (d, nv))
-            logits = out @ Wd
+            Wd = self.param("W_dec", const(np.eye(d, nv, dtype=np.float32)), (d, nv))
+            logits = h @ Wd
         else:
-            logits = out @ self.param("W_dec", _normal(m.init_std("decoder")), (d, nv))
+            logits = h @ self.param("W_dec", normal(m.init_std("decoder")), (d, nv))
         self.sow("intermediates", "logits", logits)
         return logits
 
 
-def _merge(x):
-    """(B, H, L, e) -> (B, L, H*e): concatenate heads."""
-    B, H, L, e = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B, L, H * e)
+class LinenVariant(Variant):
+    """A Variant whose definition is a linen module called as module(inputs, key_mask)."""
 
+    def module(self, cfg: Config) -> nn.Module:
+        raise NotImplementedError
 
-def _factory(mean_pool: bool):
-    def init(key, cfg: Config):
-        """Parameters of the model for cfg: a dict {name: array}."""
+    def init(self, key, cfg: Config) -> dict:
         L = cfg.data.seq_len
         dummy = jnp.zeros((1, L), jnp.int32)
-        return TopicTransformer(cfg, mean_pool).init(key, dummy, jnp.ones((1, L), bool))["params"]
+        return self.module(cfg).init(key, dummy, jnp.ones((1, L), bool))["params"]
 
-    def apply(params, batch, cfg: Config, capture: bool = False):
-        """(logits (B, L, n_vocab), intermediates) for an MLMBatch-like object."""
-        module = TopicTransformer(cfg, mean_pool)
+    def apply(self, params, batch, cfg: Config, capture: bool = False):
+        module = self.module(cfg)
         if not capture:
             return module.apply({"params": params}, batch.inputs, batch.key_mask), {}
         logits, state = module.apply({"params": params}, batch.inputs, batch.key_mask,
                                      mutable=["intermediates"])
-        inter = {k: v[0] for k, v in state["intermediates"].items()}
-        return logits, inter
-
-    return ModelDef(init, apply)
+        return logits, {k: v[0] for k, v in state["intermediates"].items()}
 
 
-register("attention")(lambda: _factory(False))
-register("embedding_only")(lambda: _factory(True))
-
-# parameter name -> group (optimiser masks, per-group lr, norms)
-PARAM_GROUP = {"E": "embedding", "WQ": "query", "WK": "key", "WV": "value", "W_dec": "decoder",
-               "ln": "layernorm"}
+_GROUP_OF = {"E": "embedding", "P": "position", "WQ": "query", "WK": "key", "WV": "value",
+             "W_dec": "decoder", "ln": "layernorm"}
+_LAYER_NAME = re.compile(r"^(WQ|WK|WV|ln)(_l[2-9]\d*)?$")
 
 
-def fixed_groups(cfg: Config) -> set[str]:
-    """Groups that the model variant holds fixed (structural constants)."""
-    m = cfg.model
-    fixed = set()
-    if m.embedding == "onehot":
-        fixed.add("embedding")
-    if m.attention == "uniform" or cfg.model.name == "embedding_only":
-        fixed |= {"query", "key"}
-    if m.value != "trained":
-        fixed.add("value")
-    if m.decoder == "identity":
-        fixed.add("decoder")
-    return fixed
+def trainable(variant: Variant, cfg: Config) -> set[str]:
+    """Groups the optimiser may move for cfg (possibly only from a scheduled step on)."""
+    present = variant.present_groups(cfg)
+    groups = present - variant.fixed_groups(cfg) - set(cfg.optim.freeze)
+    return groups | ({g for g, _ in cfg.optim.unfreeze_at} & present)
+
+
+class _Family(LinenVariant):
+    groups = ("embedding", "position", "query", "key", "value", "decoder", "layernorm")
+    mean_pool = False
+
+    def module(self, cfg):
+        return TopicTransformer(cfg, self.mean_pool)
+
+    def param_group(self, path):
+        top = path[0]
+        if top in _GROUP_OF:
+            return _GROUP_OF[top]
+        match = _LAYER_NAME.match(top)
+        if match:
+            return _GROUP_OF[match.group(1)]
+        raise KeyError(f"variant {self.name!r}: parameter {'/'.join(path)!r} has no group")
+
+    def present_groups(self, cfg):
+        m = cfg.model
+        out = {"embedding", "value", "decoder"}
+        if not self.mean_pool:
+            out |= {"query", "key"}
+        if m.positional != "none":
+            out.add("position")
+        if m.layernorm:
+            out.add("layernorm")
+        return out
+
+    def fixed_groups(self, cfg):
+        m = cfg.model
+        fixed = set()
+        if m.embedding == "onehot":
+            fixed.add("embedding")
+        if not self.mean_pool and m.attention == "uniform":
+            fixed |= {"query", "key"}
+        if m.value != "trained":
+            fixed.add("value")
+        if m.decoder == "identity":
+            fixed.add("decoder")
+        if m.positional == "sinusoidal":
+            fixed.add("position")
+        return fixed
+
+    def traits(self, cfg):
+        m, t = cfg.model, set()
+        train = trainable(self, cfg)
+        one = m.n_layers == 1
+        if one:
+            t.add(tr.ONE_LAYER)
+        if m.positional == "none":
+            t.add(tr.NO_POSITIONS)
+        t.add(tr.MLM if cfg.mask.objective == "mlm" else tr.CAUSAL)
+        if one and m.positional == "none" and cfg.mask.objective == "mlm":
+            t.add(tr.BAG_OF_WORDS)
+        if self.mean_pool or not {"query", "key"} & train:
+            if self.mean_pool or m.attention == "uniform":
+                t.add(tr.UNIFORM_ATTENTION)
+        if {"query", "key"} & train:
+            t.add(tr.TRAINED_ATTENTION)
+        if "value" in train:
+            t.add(tr.TRAINED_VALUE)
+        if "embedding" in train:
+            t.add(tr.TRAINED_EMBEDDING)
+        if m.value == "topic_block" and "value" not in train:
+            t.add(tr.TOPIC_BLOCK_VALUE)
+        if not m.residual and not m.layernorm and m.decoder != "tied":
+            t.add(tr.LINEAR_READOUT)
+        if (tr.BAG_OF_WORDS in t and tr.TOPIC_BLOCK_VALUE in t and m.n_heads == 1
+                and not m.residual and not m.layernorm and not {"embedding", "decoder"} & train
+                and m.embedding == "onehot" and m.decoder == "identity"):
+            t.add(tr.PAPER_STAGE2)
+        t.add(tr.VALUE_MAP)
+        if not self.mean_pool:
+            t.add(tr.SCORE_MAP)
+        return frozenset(t)
+
+    def matrices(self, params, cfg):
+        E = params["E"]
+        Wd = E.T if cfg.model.decoder == "tied" else params["W_dec"]
+        out = {"E": E}
+        for layer in range(1, cfg.model.n_layers + 1):
+            s = layer_suffix(layer)
+            H, d, dh = params[f"WV{s}"].shape
+            WV = jnp.transpose(params[f"WV{s}"], (1, 0, 2)).reshape(d, H * dh)
+            out[f"value_map/{layer}"] = E @ WV @ Wd
+            if f"WQ{s}" in params:
+                out[f"score_map/{layer}"] = jnp.einsum(
+                    "vd,hde,hfe,wf->vw", E, params[f"WQ{s}"], params[f"WK{s}"], E) / np.sqrt(dh)
+        return out
+
+    def tracked(self, params, cfg):
+        out = {n: params[n] for n in ("E", "P", "W_dec") if n in params}
+        for layer in range(1, cfg.model.n_layers + 1):
+            s = layer_suffix(layer)
+            out[f"WV{s}"] = params[f"WV{s}"]
+            if f"WQ{s}" in params:
+                out[f"WQ{s}"], out[f"WK{s}"] = params[f"WQ{s}"], params[f"WK{s}"]
+                out[f"QK{s}"] = jnp.einsum("hde,hfe->df", params[f"WQ{s}"], params[f"WK{s}"])
+        return out
+
+
+@register
+class Attention(_Family):
+    """The paper's model: softmax attention with W^Q, W^K (trained or uniform at zero)."""
+    name = "attention"
+
+
+@register
+class EmbeddingOnly(_Family):
+    """Uniform attention over the keys without W^Q/W^K parameters."""
+    name = "embedding_only"
+    mean_pool = True

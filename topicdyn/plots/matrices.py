@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from topicdyn.config import Config, require_run
+from topicdyn.models import get_variant
+from topicdyn.models.variant import TRAINED_ATTENTION, TRAINED_EMBEDDING, TRAINED_VALUE
 from topicdyn.plots.common import (DPI, load_checkpoints, new_figure, run_label,
                                    save, seed_params)
 
@@ -25,33 +27,32 @@ ATTN_CLIP = 4.0  # log2 units: attention 16x above / below uniform saturates
 
 
 def has_attention(cfg: Config) -> bool:
-    return cfg.model.name != "embedding_only" and cfg.model.attention == "trained"
+    return TRAINED_ATTENTION in get_variant(cfg.model.name).traits(cfg)
 
 
 def animated_matrices(cfg: Config) -> list[str]:
     """Matrices worth animating: those a trained group changes."""
-    m, out = cfg.model, []
-    if m.embedding == "trained" or m.value == "trained" or m.decoder == "trained":
+    traits, out = get_variant(cfg.model.name).traits(cfg), []
+    if traits & {TRAINED_EMBEDDING, TRAINED_VALUE} or cfg.model.decoder == "trained":
         out.append("value")
     if has_attention(cfg):
         out.append("score")
     return out
 
 
+_MAPS: dict = {}
+
+
 def vocab_maps(params: dict, cfg: Config):
-    """(E, value map E W^V W_dec, score map E W^Q W^K^T E^T / sqrt(d_head) or None), numpy:
-    the same composites as the `blocks` probe (topicdyn.probes._vocab_maps; a test checks that
-    their block gaps agree), without JAX dispatch so plotting many checkpoints stays fast."""
-    E = np.asarray(params["E"], np.float64)
-    WV = np.asarray(params["WV"], np.float64)
-    H, d, dh = WV.shape
-    Wd = E.T if cfg.model.decoder == "tied" else np.asarray(params["W_dec"], np.float64)
-    value_map = E @ WV.transpose(1, 0, 2).reshape(d, H * dh) @ Wd
-    score_map = None
-    if "WQ" in params:
-        WQ, WK = (np.asarray(params[k], np.float64) for k in ("WQ", "WK"))
-        score_map = np.einsum("vd,hde,hfe,wf->vw", E, WQ, WK, E, optimize=True) / np.sqrt(dh)
-    return E, value_map, score_map
+    """(E, value map, score map or None) of layer 1, numpy: the variant's matrices
+    (Variant.matrices, which the `blocks` probe reads too), jitted once per config so plotting
+    many checkpoints stays fast."""
+    if cfg not in _MAPS:
+        import jax
+        variant = get_variant(cfg.model.name)
+        _MAPS[cfg] = jax.jit(lambda p: variant.matrices(p, cfg))
+    mats = {k: np.asarray(v, np.float64) for k, v in _MAPS[cfg](params).items()}
+    return mats.get("E"), mats["value_map/1"], mats.get("score_map/1")
 
 
 def _center_rows(M: np.ndarray, V: int) -> np.ndarray:
@@ -163,16 +164,9 @@ def plot_matrices(run_dir: str | Path, out: str | Path, step: int | None = None,
 
 def eval_batch(cfg: Config):
     """The probes' evaluation documents (identical at every checkpoint)."""
-    import jax
+    from topicdyn.probes import eval_batch as probes_eval_batch
 
-    from topicdyn.masking import sample_batch
-    from topicdyn.training import EVAL_STREAM, stream_key
-    from topicdyn.verdicts import N_EVAL
-
-    # jitted: ~2x faster than eager here; tokens and masks are bit-identical to the probes'
-    # eager draw (only theta may differ in the last float bit)
-    fn = jax.jit(sample_batch, static_argnums=(1, 2, 3))
-    return fn(stream_key(cfg.train.seed, EVAL_STREAM), cfg.data, cfg.mask, N_EVAL)
+    return probes_eval_batch(cfg)
 
 
 def pick_documents(batch, cfg: Config, n: int) -> np.ndarray:
@@ -216,14 +210,12 @@ def plot_attention_maps(run_dir: str | Path, out: str | Path, step: int | None =
     """Attention of a few evaluation documents (module doc), one panel per document."""
     import jax
 
-    from topicdyn.models import get_model
-
     cfg = require_run(run_dir)
     step, params = _checkpoint(run_dir, step, loaded)
     batch = eval_batch(cfg)
     docs = pick_documents(batch, cfg, n_docs)
     sub = jax.tree.map(lambda x: x[docs], batch)
-    model = get_model(cfg.model.name)
+    model = get_variant(cfg.model.name)
     attention = jax.jit(lambda p, b: model.apply(p, b, cfg, capture=True)[1]["attention"])
     attn = np.asarray(attention(seed_params(params, seed), sub)).mean(1)  # (n, L, L)
     ncol = min(len(docs), 2)

@@ -19,22 +19,36 @@ import numpy as np
 from topicdyn.config import Config
 from topicdyn.data import topic_word_matrix, word_topic
 from topicdyn.masking import MLMBatch, sample_batch
-from topicdyn.models import get_model
+from topicdyn.models import get_variant
+from topicdyn.models.layers import query_key_mask
+from topicdyn.models.variant import MLM, VALUE_MAP
 from topicdyn.probes import vocab as _vocab
 from topicdyn.probes.stats import (attention_stats, block_stats, center_rows,
                                    reference_topic_labels, stable_rank)
-from topicdyn.training import EVAL_STREAM, masked_loss, stream_key
+from topicdyn.training import EVAL_STREAM, N_EVAL, masked_loss, stream_key
 from topicdyn.xla import compile_options
 
 PROBES: dict[str, Callable] = {}
+REQUIRES: dict[str, frozenset[str]] = {}  # probe -> variant traits it relies on
 DEFAULT_PROBES = ("blocks", "attention", "loss", "dynamics")
 
 
-def register(name: str):
+def register(name: str, requires: tuple[str, ...] = ()):
+    """Register a probe fn(params, params0, ctx) -> {stat: scalar}; `requires`: the variant
+    traits (topicdyn.models.variant) it relies on. A variant without them gets no such probe and
+    the run reports it not applicable."""
     def deco(fn):
         PROBES[name] = fn
+        REQUIRES[name] = frozenset(requires)
         return fn
     return deco
+
+
+def not_applicable(cfg: Config, names=DEFAULT_PROBES) -> dict[str, str]:
+    """{probe: reason} for the probes whose required traits cfg's variant lacks."""
+    traits = get_variant(cfg.model.name).traits(cfg)
+    return {n: "needs " + ", ".join(sorted(REQUIRES[n] - traits))
+            for n in names if n in REQUIRES and not REQUIRES[n] <= traits}
 
 
 @dataclass(frozen=True)
@@ -49,13 +63,19 @@ class ProbeContext:
     vocab: dict | None = None  # constants of the vocabulary-space probes (probes/vocab.py)
 
 
-def make_context(cfg: Config, n_eval: int = 80, with_bayes: bool = True,
+def eval_batch(cfg: Config, n_eval: int = N_EVAL) -> MLMBatch:
+    """The run's fixed evaluation documents (its eval stream): identical at every checkpoint."""
+    return jax.jit(sample_batch, static_argnums=(1, 2, 3), compiler_options=compile_options())(
+        stream_key(cfg.train.seed, EVAL_STREAM), cfg.data, cfg.mask, n_eval)
+
+
+def make_context(cfg: Config, n_eval: int = N_EVAL, with_bayes: bool = True,
                  vocab_probes: bool = True) -> ProbeContext:
     """The evaluation set is drawn from the run's eval stream: identical at every checkpoint.
-    vocab_probes: compute the attention and loss probes in vocabulary space where the model
-    allows it (probes/vocab.py: the same numbers, a small fraction of the cost)."""
-    batch = jax.jit(sample_batch, static_argnums=(1, 2, 3), compiler_options=compile_options())(
-        stream_key(cfg.train.seed, EVAL_STREAM), cfg.data, cfg.mask, n_eval)
+    vocab_probes: compute the attention and loss probes in vocabulary space where the fast
+    kernel is exact for the config (probes/vocab.py: the same numbers, a small fraction of the
+    cost)."""
+    batch = eval_batch(cfg, n_eval)
     wt = word_topic(cfg.data)
     V, nv = cfg.data.V, cfg.data.n_vocab
     labels = np.full(nv, -1)
@@ -63,7 +83,7 @@ def make_context(cfg: Config, n_eval: int = 80, with_bayes: bool = True,
     uni = np.zeros(nv)
     uni[:V] = topic_word_matrix(cfg.data).mean(0)  # symmetric prior: E[theta_t] = 1/T
     bayes = None
-    if with_bayes:
+    if with_bayes and MLM in get_variant(cfg.model.name).traits(cfg):
         try:
             from topicdyn.theory import bayes_log_prob
             bayes = jnp.asarray(bayes_log_prob(cfg, batch), jnp.float32)
@@ -75,34 +95,29 @@ def make_context(cfg: Config, n_eval: int = 80, with_bayes: bool = True,
                         jnp.asarray(uni / uni.sum()), bayes, vc)
 
 
-def _vocab_maps(params, cfg: Config):
-    """Composite matrices in vocabulary space: (E, value map E W^V W_dec, score map)."""
-    E = params["E"]
-    H, d, dh = params["WV"].shape
-    WV = jnp.transpose(params["WV"], (1, 0, 2)).reshape(d, H * dh)
-    if cfg.model.decoder == "tied":
-        Wd = E.T
-    else:
-        Wd = params["W_dec"]
-    value_map = E @ WV @ Wd
-    score_map = None
-    if "WQ" in params:
-        score_map = jnp.einsum("vd,hde,hfe,wf->vw", E, params["WQ"], params["WK"], E) / np.sqrt(dh)
-    return E, value_map, score_map
+def _layer_tag(key: str) -> str:
+    """"value_map/1" -> "" (layer 1 keeps the historical stat names), "value_map/2" -> "_l2"."""
+    layer = int(key.rsplit("/", 1)[1])
+    return "" if layer == 1 else f"_l{layer}"
 
 
-@register("blocks")
+@register("blocks", requires=(VALUE_MAP,))
 def probe_blocks(params, params0, ctx: ProbeContext) -> dict:
-    """Block statistics of the embedding Gram, the value map and the score map (vocab space)."""
+    """Block statistics of the embedding Gram, the value map and the score map (vocab space),
+    per layer (layers >= 2 read through the embedding: stat names value_l2_*, score_l2_*)."""
     V = ctx.cfg.data.V
-    E, value_map, score_map = _vocab_maps(params, ctx.cfg)
-    Ec = center_rows(E, V) if ctx.cfg.model.embedding == "trained" else E
-    out = {f"gram_{k}": v for k, v in block_stats(Ec @ Ec.T, ctx.word_topic).items()}
-    out.update({f"value_{k}": v for k, v in
-                block_stats(center_rows(value_map, V), ctx.word_topic).items()})
-    if score_map is not None:
-        out.update({f"score_{k}": v for k, v in
-                    block_stats(center_rows(score_map, V), ctx.word_topic).items()})
+    mats = get_variant(ctx.cfg.model.name).matrices(params, ctx.cfg)
+    out = {}
+    if "E" in mats:
+        E = mats["E"]
+        Ec = center_rows(E, V) if ctx.cfg.model.embedding == "trained" else E
+        out.update({f"gram_{k}": v for k, v in block_stats(Ec @ Ec.T, ctx.word_topic).items()})
+    for key, M in mats.items():
+        if key.startswith(("value_map/", "score_map/")):
+            kind = key.split("_", 1)[0]  # "value" | "score"
+            tag = _layer_tag(key)
+            out.update({f"{kind}{tag}_{k}": v for k, v in
+                        block_stats(center_rows(M, V), ctx.word_topic).items()})
     return out
 
 
@@ -118,12 +133,15 @@ def probe_attention(params, params0, ctx: ProbeContext) -> dict:
 def probe_attention_generic(params, params0, ctx: ProbeContext) -> dict:
     """probe_attention from the model's full attention matrices (the definition)."""
     cfg, b = ctx.cfg, ctx.batch
-    _, acts = get_model(cfg.model.name).apply(params, b, cfg, capture=True)
+    _, acts = get_variant(cfg.model.name).apply(params, b, cfg, capture=True)
     q_ok = b.valid & (b.inputs < cfg.data.V)
+    keys = query_key_mask(b.key_mask, cfg.mask.objective)  # (B, L, L) keys of each query
     out = {}
-    for tag, lab in (("", ctx.labels), ("ref_", ctx.ref_labels)):
-        s = attention_stats(acts["attention"], b.inputs, b.inputs, b.key_mask, q_ok, lab)
-        out.update({f"{tag}{k}": v for k, v in s.items()})
+    for name in sorted(k for k in acts if k.startswith("attention")):
+        layer = name[len("attention"):]  # "" for layer 1, "_l2", ...
+        for tag, lab in (("", ctx.labels), ("ref_", ctx.ref_labels)):
+            s = attention_stats(acts[name], b.inputs, b.inputs, keys, q_ok, lab)
+            out.update({f"{tag}{k}{layer}": v for k, v in s.items()})
     return out
 
 
@@ -139,7 +157,7 @@ def probe_loss(params, params0, ctx: ProbeContext) -> dict:
 def probe_loss_generic(params, params0, ctx: ProbeContext) -> dict:
     """probe_loss from the model's logits at every position (the definition)."""
     cfg, b = ctx.cfg, ctx.batch
-    logits, _ = get_model(cfg.model.name).apply(params, b, cfg)
+    logits, _ = get_variant(cfg.model.name).apply(params, b, cfg)
     out = {"eval_loss": masked_loss(logits, b, cfg)}
     logp = jax.nn.log_softmax(logits, axis=-1)
     sel = b.selected
@@ -162,19 +180,19 @@ def probe_loss_generic(params, params0, ctx: ProbeContext) -> dict:
 
 @register("dynamics")
 def probe_dynamics(params, params0, ctx: ProbeContext) -> dict:
-    """||W_t - W_0||_F per matrix, and stable ranks of the changes of W^V and W^Q W^K^T."""
+    """||W_t - W_0||_F per tracked matrix (Variant.tracked), and stable ranks of the changes of
+    each layer's W^V and W^Q W^K^T."""
+    variant = get_variant(ctx.cfg.model.name)
+    now, then = variant.tracked(params, ctx.cfg), variant.tracked(params0, ctx.cfg)
     out = {}
-    for name in ("E", "WV", "WQ", "WK", "W_dec"):
-        if name in params:
-            out[f"delta_{name}"] = jnp.sqrt(jnp.sum((params[name] - params0[name]) ** 2))
-    H, d, dh = params["WV"].shape
-    dv = jnp.transpose(params["WV"] - params0["WV"], (1, 0, 2)).reshape(d, H * dh)
-    out["srank_dWV"] = stable_rank(dv)
-    if "WQ" in params:
-        qk = jnp.einsum("hde,hfe->df", params["WQ"], params["WK"])
-        qk0 = jnp.einsum("hde,hfe->df", params0["WQ"], params0["WK"])
-        out["delta_QK"] = jnp.sqrt(jnp.sum((qk - qk0) ** 2))
-        out["srank_dQK"] = stable_rank(qk - qk0)
+    for name in now:
+        out[f"delta_{name}"] = jnp.sqrt(jnp.sum((now[name] - then[name]) ** 2))
+        if name.startswith("WV"):
+            H, d, dh = now[name].shape
+            dv = jnp.transpose(now[name] - then[name], (1, 0, 2)).reshape(d, H * dh)
+            out[f"srank_d{name}"] = stable_rank(dv)
+        elif name.startswith("QK"):
+            out[f"srank_d{name}"] = stable_rank(now[name] - then[name])
     return out
 
 
@@ -189,6 +207,7 @@ def make_prober(ctx: ProbeContext, names=DEFAULT_PROBES):
     if unknown:
         from topicdyn.config import ConfigError
         raise ConfigError(f"probes: unknown {unknown}; allowed: {', '.join(sorted(PROBES))}")
+    names = [n for n in names if n not in not_applicable(ctx.cfg, names)]
     if ctx.vocab is None:
         fns = {n: jax.jit(jax.vmap(lambda p, p0, n=n: PROBES[n](p, p0, ctx)),
                            compiler_options=compile_options()) for n in names}

@@ -15,6 +15,7 @@ import numpy as np
 
 from topicdyn.config import Config
 from topicdyn.jsonl import read_jsonl
+from topicdyn.training import N_EVAL
 
 
 class CheckpointProber:
@@ -28,7 +29,7 @@ class CheckpointProber:
     calls it before returning, so probes.jsonl is complete when train() returns.
     """
 
-    def __init__(self, cfg: Config, run_dir: str | Path, names=None, n_eval: int = 80,
+    def __init__(self, cfg: Config, run_dir: str | Path, names=None, n_eval: int = N_EVAL,
                  background: bool = True):
         self.cfg, self.path = cfg, Path(run_dir) / "probes.jsonl"
         self.names, self.n_eval = names, n_eval
@@ -111,7 +112,7 @@ class CheckpointProber:
         self._check()
 
 
-def probe_run(run_dir: str | Path, names=None, n_eval: int = 80) -> Path:
+def probe_run(run_dir: str | Path, names=None, n_eval: int = N_EVAL) -> Path:
     """Re-probe every stored checkpoint of a run; rewrites probes.jsonl. Returns its path."""
     from topicdyn.checkpoint import list_checkpoints, load_params
     from topicdyn.config import load_config

@@ -84,7 +84,8 @@ def attention_stats(attn: jnp.ndarray, query_tok: jnp.ndarray, key_tok: jnp.ndar
                     key_mask: jnp.ndarray, query_ok: jnp.ndarray, labels: jnp.ndarray) -> dict:
     """Attention to same-token, same-topic and cross-topic keys, normalised so uniform = 1.
 
-    attn (B, H, L, L); query_tok, key_tok (B, L) token ids; key_mask (B, L) keys; query_ok (B, L)
+    attn (B, H, L, L); query_tok, key_tok (B, L) token ids; key_mask (B, L) keys of every query
+    of a document, or (B, L, L) keys per query (causal prefixes); query_ok (B, L)
     queries to include; labels (n_vocab,) topic per token id, -1 for "no topic". For each query,
     a key's normalised attention is a_ij * (number of keys); averaged over (query, key) pairs of a
     category (same token / same topic other token / other topic), keys without a topic excluded.
@@ -93,12 +94,12 @@ def attention_stats(attn: jnp.ndarray, query_tok: jnp.ndarray, key_tok: jnp.ndar
     Also kl_uniform: mean over queries of KL(a_i || uniform over its keys).
     """
     a = jnp.mean(attn, axis=1)  # heads averaged
-    n_keys = jnp.sum(key_mask, axis=-1, keepdims=True)  # (B, 1)
-    norm = a * n_keys[..., None]
+    km = key_mask if key_mask.ndim == 3 else key_mask[:, None, :]  # (B, Lq or 1, Lk)
+    n_keys = jnp.sum(km, axis=-1, keepdims=True)  # (B, Lq or 1, 1)
+    norm = a * n_keys
     qt, kt = labels[query_tok], labels[key_tok]
     q_ok = query_ok & (qt >= 0)
-    k_ok = key_mask & (kt >= 0)
-    pair = q_ok[:, :, None] & k_ok[:, None, :]
+    pair = q_ok[:, :, None] & km & (kt >= 0)[:, None, :]
     same_tok = query_tok[:, :, None] == key_tok[:, None, :]
     same_top = qt[:, :, None] == kt[:, None, :]
     out = {}
@@ -109,7 +110,7 @@ def attention_stats(attn: jnp.ndarray, query_tok: jnp.ndarray, key_tok: jnp.ndar
     out["same_topic_all"] = jnp.sum(jnp.where(m_all, norm, 0.0)) / jnp.maximum(jnp.sum(m_all), 1)
     out["ratio"] = out["same_topic"] / jnp.maximum(out["cross_topic"], 1e-12)
     out["ratio_all"] = out["same_topic_all"] / jnp.maximum(out["cross_topic"], 1e-12)
-    u = jnp.where(key_mask[:, None, :], 1.0 / jnp.maximum(n_keys[..., None], 1), 1.0)
-    kl = jnp.sum(jnp.where(key_mask[:, None, :] & (a > 0), a * jnp.log(a / u), 0.0), axis=-1)
+    u = jnp.where(km, 1.0 / jnp.maximum(n_keys, 1), 1.0)
+    kl = jnp.sum(jnp.where(km & (a > 0), a * jnp.log(a / u), 0.0), axis=-1)
     out["kl_uniform"] = jnp.sum(jnp.where(q_ok, kl, 0.0)) / jnp.maximum(jnp.sum(q_ok), 1)
     return out

@@ -10,7 +10,7 @@ weighted by counts that the evaluation set fixes once (numpy, in `prepare`):
   (query, key) pairs is sum_{b,x,v} m_b[x] n_b A(x, b)[v] [cat(x, v)] (m_b[x]: queries showing x,
   n_b: number of keys) and its pair count sum_{b,x,v} m_b[x] c_b[v] [cat(x, v)] is a constant.
 * loss: only selected positions enter, so their (document, token, target) rows are listed once
-  and the model's logits are computed for those rows alone (models/fast._row_logits).
+  and the model's logits are computed for those rows alone (models/fast.row_logits).
 
 The generic implementations in probes/__init__.py define the probes;
 tests/test_vocab_probes.py checks that both agree. `prepare` returns None for a model the fast formulation does not cover, and the
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from topicdyn.config import Config
-from topicdyn.models.fast import NEG_INF, _row_logits, _tables, fast_supported
+from topicdyn.models.fast import NEG_INF, fast_supported, row_logits, vocab_tables
 
 
 def prepare(cfg: Config, batch, labels: np.ndarray, ref_labels: np.ndarray,
@@ -119,8 +119,8 @@ def probe_loss(params, ctx) -> dict:
     """= probes.probe_loss, from the logits of the selected positions only."""
     vc, cfg = ctx.vocab, ctx.cfg
     V, nv = cfg.data.V, cfg.data.n_vocab
-    tables, data = _tables(params, ctx.batch, cfg)
-    logits = _row_logits(tables, data, vc["sel_doc"], vc["sel_x"], cfg)  # (R, nv)
+    tables, data = vocab_tables(params, ctx.batch, cfg)
+    logits = row_logits(tables, data, vc["sel_doc"], vc["sel_x"], cfg)  # (R, nv)
     logp = jax.nn.log_softmax(logits, axis=-1)
     n = max(int(vc["sel_y"].shape[0]), 1)
     y = vc["sel_y"]

@@ -50,9 +50,14 @@ def claims_rows(claims: list[dict], n: int) -> list[str]:
     rows = ["| claim | paper's statement | our prediction | measured (mean ± sd over "
             f"{n} seeds) | verdict |", "|---|---|---|---|---|"]
     for c in claims:
+        if c["verdict"] == "not applicable":
+            continue  # listed once per experiment below the table
         meas = f"{fmt(c['measured'])} ± {fmt(c['sd'], 2)}" if n > 1 else fmt(c["measured"])
         rows.append("| " + " | ".join(cell(x) for x in (
             c["claim"], c["paper"], fmt(c["predicted"]), meas, f"**{c['verdict']}**")) + " |")
+    na = [f"{c['claim']} ({c['how']})" for c in claims if c["verdict"] == "not applicable"]
+    if na:
+        rows += ["", "Not applicable to this variant: " + "; ".join(na) + "."]
     return rows
 
 
@@ -62,7 +67,7 @@ def key_numbers(data: dict) -> list[str]:
 
     out = []
     for name, d in data.items():
-        v = [c for c in d["claims"] if c["verdict"] != "reported"]
+        v = [c for c in d["claims"] if c["verdict"] not in ("reported", "not applicable")]
         bad = [f"{c['claim']} ({c['verdict']})" for c in v if c["verdict"] != "pass"]
         out.append(f"- **{name}**: {len(v) - len(bad)}/{len(v)} claims pass"
                    + (f"; not passing: {'; '.join(bad)}" if bad else "") + ".")

@@ -29,8 +29,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from topicdyn.checkpoint import Checkpointer, checkpoint_steps
 from topicdyn.config import Config
 from topicdyn.probes.runner import CheckpointProber
-from topicdyn.run import RunInterrupted, _floats, _param_norms, _progress_bar, log_steps
-from topicdyn.training import TrainState, init_state, make_chunk_fn
+from topicdyn.run import (RunInterrupted, _floats, _progress_bar, log_steps, param_norms,
+                          write_config)
+from topicdyn.training import N_EVAL, TrainState, init_state, make_chunk_fn
 
 AXIS = "members"
 
@@ -175,7 +176,7 @@ def prepare_point(cfg: Config, run_dir: Path, start: int) -> None:
     `start` dropped (metrics, timing, probes, checkpoint index and orbax steps), verdicts
     removed (rewritten at the end). theory.json is kept."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+    write_config(cfg, run_dir / "config.json")
     (run_dir / "verdicts.jsonl").unlink(missing_ok=True)
     files = ("metrics.jsonl", "timing.jsonl", "probes.jsonl", "checkpoints.jsonl")
     if start == 0:
@@ -202,7 +203,7 @@ class GroupProber(CheckpointProber):
     members: indices into the group's member axis; views: [(run_dir, lo, hi)], a point's
     members being members[lo:hi]; params0: the subset's parameters at step 0 (host arrays)."""
 
-    def __init__(self, cfg: Config, members, views, params0, n_eval: int = 80):
+    def __init__(self, cfg: Config, members, views, params0, n_eval: int = N_EVAL):
         self.members, self.views, self._p0 = np.asarray(members), views, params0
         super().__init__(cfg, views[0][0], n_eval=n_eval, background=True)
 
@@ -275,7 +276,7 @@ def train_group(group: Group, mesh: Mesh, start: int, make_probers=None, *,
                 bar.update(n)
             losses = np.concatenate(window)  # (steps in window, members)
             window = []
-            pnorm = to_host(_param_norms(state.params))
+            pnorm = to_host(param_norms(cfg)(state.params))
             now = time.perf_counter()
             rate = (step - s_last) / max(now - t_last, 1e-9)
             t_last, s_last = now, step
