@@ -150,3 +150,28 @@ def test_variant_end_to_end_through_cli(tmp_path, capsys, overrides, na_claim, j
     assert any(c["verdict"] != "not applicable" for c in last["claims"]) == judged
     assert (out / "report.md").exists()
     assert "not applicable" in (out / "report.md").read_text()
+
+
+def test_guide_example_variant_end_to_end(tmp_path, capsys, monkeypatch):
+    """docs/EXTENDING.md's example, imported by path: train, probe, verdicts, report."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "docs"))
+    out = tmp_path / "run"
+    rc = main(["train", "--out", str(out), "--no-progress", "model.name=example_variant:GATED",
+               "data.T=3", "data.v=3", "data.N_min=6", "data.N_max=8", "data.batch_size=8",
+               "train.steps=20", "train.log_every=10", "train.ckpt_steps=[0,10,20]"])
+    assert rc == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"]["name"] == "example_variant:GATED"
+    assert saved["implementation"]["train_loss"] == "generic"
+    last = [json.loads(x) for x in (out / "verdicts.jsonl").read_text().splitlines()][-1]
+    verdicts = {c["claim"]: c["verdict"] for c in last["claims"]}
+    assert verdicts["score gap (same - cross topic)"] == "not applicable"
+    assert verdicts["same-topic attention bias (P1 pooling)"] != "not applicable"
+    probes = [json.loads(x) for x in (out / "probes.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in probes] == [0, 10, 20] and "blocks/value_gap" in probes[-1]
+    assert (out / "report.md").exists()
+    # an unknown name is one line naming the registered variants
+    assert main(["train", "model.name=nope"]) == 2
+    assert "attention" in capsys.readouterr().err
