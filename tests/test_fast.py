@@ -201,7 +201,7 @@ def test_fast_supported():
             assert fast_supported(preset("F", [f"model.name={name}"] + extra))
     # the definitions the kernel is not exact for fall back (fail closed)
     for extra in (["model.n_layers=2"], ["mask.objective=causal"], ["model.positional=learned"],
-                  ["model.positional=sinusoidal"]):
+                  ["model.positional=sinusoidal"], ["model.name=reference"]):
         other = preset("F", extra)
         assert not fast_supported(other), extra
         with pytest.raises(ValueError):

@@ -54,4 +54,5 @@ def get_model(name: str) -> Variant:
 
 
 
-from topicdyn.models import transformer as _transformer  # noqa: E402,F401
+from topicdyn.models import transformer as _transformer  # noqa: E402,F401  (registers variants)
+from topicdyn.models import reference as _reference  # noqa: E402,F401

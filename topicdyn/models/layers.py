@@ -56,8 +56,8 @@ def softmax_attention(scores: jax.Array, keys: jax.Array) -> jax.Array:
 
 
 def attention_layer(mod: nn.Module, h, keys, *, H: int, suffix: str, value_init, qk_init,
-                    bias: bool = False, bias_init=None, mean_pool: bool = False,
-                    tag: str = ""):
+                    bias: bool = False, bias_init=None, qk_bias_init=None,
+                    mean_pool: bool = False, tag: str = ""):
     """One attention layer inside `mod`'s compact scope (params WQ{suffix}, WK{suffix},
     WV{suffix}, each (H, d, dh), plus bQ/bK/bV (H, dh) when bias). Returns the merged-head
     context (B, L, H dh) and sows "values{tag}", "scores{tag}", "attention{tag}".
@@ -82,8 +82,9 @@ def attention_layer(mod: nn.Module, h, keys, *, H: int, suffix: str, value_init,
         q = jnp.einsum("bld,hde->bhle", h, WQ)
         k = jnp.einsum("bld,hde->bhle", h, WK)
         if bias:
-            q = q + mod.param(f"bQ{suffix}", bias_init, (H, dh))[None, :, None, :]
-            k = k + mod.param(f"bK{suffix}", bias_init, (H, dh))[None, :, None, :]
+            qb = bias_init if qk_bias_init is None else qk_bias_init
+            q = q + mod.param(f"bQ{suffix}", qb, (H, dh))[None, :, None, :]
+            k = k + mod.param(f"bK{suffix}", qb, (H, dh))[None, :, None, :]
         scores = jnp.einsum("bhie,bhje->bhij", q, k) / np.sqrt(dh)
         mod.sow("intermediates", f"scores{tag}", scores)
         attn = softmax_attention(scores, k4)
