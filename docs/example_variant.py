@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from topicdyn.models import variant as tr
 from topicdyn.models.layers import attention_layer, normal, query_key_mask
-from topicdyn.models.transformer import LinenVariant
+from topicdyn.models.variant import LinenVariant
 
 
 class GatedModule(nn.Module):

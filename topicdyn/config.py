@@ -322,9 +322,7 @@ class Config:
             for g in gs:
                 _check(g in variant.groups, name,
                        f"group names of variant {self.model.name!r}: {groups}", g)
-        check = getattr(variant, "check_config", None)
-        if check is not None:
-            check(self)
+        variant.check_config(self)
         if self.model.impl == "fast":
             from topicdyn.models.kernels import select
             select(self)  # a one-line error naming the field no kernel is exact for

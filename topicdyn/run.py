@@ -164,11 +164,10 @@ _NORMS: dict = {}
 
 
 def param_norms(cfg: Config):
-    """jit(vmap(params -> {group: norm})) for cfg's variant (cached per variant and config)."""
-    key = (cfg.model, cfg.optim)
-    if key not in _NORMS:
-        _NORMS[key] = jax.jit(jax.vmap(lambda p: group_norms(p, cfg)))
-    return _NORMS[key]
+    """jit(vmap(params -> {group: norm})) for cfg's variant (cached per config)."""
+    if cfg not in _NORMS:
+        _NORMS[cfg] = jax.jit(jax.vmap(lambda p: group_norms(p, cfg)))
+    return _NORMS[cfg]
 
 
 def _floats(a) -> list[float]:

@@ -19,8 +19,7 @@ from topicdyn.masking import MaskThresholds, MLMBatch, sample_batch
 from topicdyn.models import get_variant, kernels
 from topicdyn.models.fast import fast_loss
 from topicdyn.models.lean import lean_loss, structural_constants
-from topicdyn.models.transformer import trainable
-from topicdyn.models.variant import label_tree
+from topicdyn.models import variant as protocol
 from topicdyn.xla import compile_options
 
 # independent random streams derived from one seed
@@ -48,12 +47,12 @@ class TrainState(NamedTuple):
 
 def param_labels(params: dict, cfg: Config) -> dict:
     """Same tree as params, each leaf labelled with its group name (the variant's groups)."""
-    return label_tree(get_variant(cfg.model.name), params)
+    return protocol.label_tree(get_variant(cfg.model.name), params)
 
 
 def trainable_groups(cfg: Config) -> set[str]:
     """Groups the optimiser updates (possibly only from a scheduled step on)."""
-    return trainable(get_variant(cfg.model.name), cfg)
+    return protocol.trainable_groups(get_variant(cfg.model.name), cfg)
 
 
 def lr_schedule(cfg: Config) -> optax.Schedule:
@@ -138,8 +137,6 @@ def loss_fn(params, batch, cfg: Config) -> jax.Array:
     field, unless model.impl=generic."""
     if cfg.model.impl != "generic" and kernels.exact(kernels.FAST, cfg):
         return fast_loss(params, batch, cfg)
-    if cfg.model.impl == "fast":
-        kernels.select(cfg)  # raises the one-line error naming the field
     return generic_loss(params, batch, cfg)
 
 

@@ -35,7 +35,7 @@ def get_variant(name: str) -> Variant:
         mod, _, attr = name.partition(":")
         try:
             obj = getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001  any failure of the user's module is one line
             raise ConfigError(f"model.name: cannot import {name!r} ({type(e).__name__}: {e}); "
                               "an import path is package.module:attribute") from None
         v = obj() if isinstance(obj, type) and issubclass(obj, Variant) else obj

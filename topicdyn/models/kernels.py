@@ -55,9 +55,9 @@ class Kernel:
     exact_for: dict  # "section.field" -> ANY or a tuple of allowed values
     doc: str = ""
 
-    def why_not(self, cfg, fields: list[str] | None = None) -> str | None:
+    def why_not(self, cfg) -> str | None:
         """None when the kernel is exact for cfg; else the first field that rules it out."""
-        for f in fields if fields is not None else config_fields(type(cfg)):
+        for f in config_fields(type(cfg)):
             if f in LOSS_INVARIANT:
                 continue
             if f not in self.exact_for:

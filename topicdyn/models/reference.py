@@ -23,7 +23,7 @@ import numpy as np
 from topicdyn.models import register
 from topicdyn.models import variant as tr
 from topicdyn.models.layers import attention_layer, const, query_key_mask
-from topicdyn.models.transformer import LinenVariant, trainable
+from topicdyn.models.variant import LinenVariant, trainable_groups
 
 LN_EPS = 1e-12
 
@@ -113,7 +113,7 @@ class Reference(LinenVariant):
                               "without positions")
 
     def traits(self, cfg):
-        train = trainable(self, cfg)
+        train = trainable_groups(self, cfg)
         t = {tr.ONE_LAYER, tr.NO_POSITIONS, tr.VALUE_MAP, tr.SCORE_MAP,
              tr.MLM if cfg.mask.objective == "mlm" else tr.CAUSAL}
         if cfg.mask.objective == "mlm":

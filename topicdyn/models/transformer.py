@@ -25,7 +25,7 @@ from topicdyn.data import word_topic
 from topicdyn.models import register
 from topicdyn.models import variant as tr
 from topicdyn.models.layers import attention_layer, const, normal, query_key_mask, sinusoidal_table
-from topicdyn.models.variant import Variant
+from topicdyn.models.variant import LinenVariant, trainable_groups
 
 
 def topic_block_matrix(cfg: Config) -> np.ndarray:
@@ -94,36 +94,9 @@ class TopicTransformer(nn.Module):
         return logits
 
 
-class LinenVariant(Variant):
-    """A Variant whose definition is a linen module called as module(inputs, key_mask)."""
-
-    def module(self, cfg: Config) -> nn.Module:
-        raise NotImplementedError
-
-    def init(self, key, cfg: Config) -> dict:
-        L = cfg.data.seq_len
-        dummy = jnp.zeros((1, L), jnp.int32)
-        return self.module(cfg).init(key, dummy, jnp.ones((1, L), bool))["params"]
-
-    def apply(self, params, batch, cfg: Config, capture: bool = False):
-        module = self.module(cfg)
-        if not capture:
-            return module.apply({"params": params}, batch.inputs, batch.key_mask), {}
-        logits, state = module.apply({"params": params}, batch.inputs, batch.key_mask,
-                                     mutable=["intermediates"])
-        return logits, {k: v[0] for k, v in state["intermediates"].items()}
-
-
 _GROUP_OF = {"E": "embedding", "P": "position", "WQ": "query", "WK": "key", "WV": "value",
              "W_dec": "decoder", "ln": "layernorm"}
 _LAYER_NAME = re.compile(r"^(WQ|WK|WV|ln)(_l[2-9]\d*)?$")
-
-
-def trainable(variant: Variant, cfg: Config) -> set[str]:
-    """Groups the optimiser may move for cfg (possibly only from a scheduled step on)."""
-    present = variant.present_groups(cfg)
-    groups = present - variant.fixed_groups(cfg) - set(cfg.optim.freeze)
-    return groups | ({g for g, _ in cfg.optim.unfreeze_at} & present)
 
 
 class _Family(LinenVariant):
@@ -170,7 +143,7 @@ class _Family(LinenVariant):
 
     def traits(self, cfg):
         m, t = cfg.model, set()
-        train = trainable(self, cfg)
+        train = trainable_groups(self, cfg)
         one = m.n_layers == 1
         if one:
             t.add(tr.ONE_LAYER)
@@ -179,9 +152,8 @@ class _Family(LinenVariant):
         t.add(tr.MLM if cfg.mask.objective == "mlm" else tr.CAUSAL)
         if one and m.positional == "none" and cfg.mask.objective == "mlm":
             t.add(tr.BAG_OF_WORDS)
-        if self.mean_pool or not {"query", "key"} & train:
-            if self.mean_pool or m.attention == "uniform":
-                t.add(tr.UNIFORM_ATTENTION)
+        if self.mean_pool or (m.attention == "uniform" and not {"query", "key"} & train):
+            t.add(tr.UNIFORM_ATTENTION)
         if {"query", "key"} & train:
             t.add(tr.TRAINED_ATTENTION)
         if "value" in train:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 # ---- traits ---------------------------------------------------------------------------------
 ONE_LAYER = "one_layer"            # a single attention layer
@@ -65,6 +66,9 @@ class Variant:
         """Groups that init(cfg) actually creates (default: all of `groups`)."""
         return set(self.groups)
 
+    def check_config(self, cfg) -> None:
+        """Raise ConfigError (naming the field) for a config this variant cannot build."""
+
     # ---- what the rest of the simulator may rely on -------------------------------------------
     def traits(self, cfg) -> frozenset[str]:
         """The traits (constants of this module) of the model as defined for cfg."""
@@ -81,6 +85,33 @@ class Variant:
     def tracked(self, params: dict, cfg) -> dict[str, jax.Array]:
         """Named matrices whose change from init the dynamics probe tracks (one member)."""
         return {}
+
+
+class LinenVariant(Variant):
+    """A Variant whose definition is a linen module called as module(inputs, key_mask)."""
+
+    def module(self, cfg):
+        raise NotImplementedError
+
+    def init(self, key, cfg) -> dict:
+        L = cfg.data.seq_len
+        dummy = jnp.zeros((1, L), jnp.int32)
+        return self.module(cfg).init(key, dummy, jnp.ones((1, L), bool))["params"]
+
+    def apply(self, params, batch, cfg, capture: bool = False):
+        module = self.module(cfg)
+        if not capture:
+            return module.apply({"params": params}, batch.inputs, batch.key_mask), {}
+        logits, state = module.apply({"params": params}, batch.inputs, batch.key_mask,
+                                     mutable=["intermediates"])
+        return logits, {k: v[0] for k, v in state["intermediates"].items()}
+
+
+def trainable_groups(variant: Variant, cfg) -> set[str]:
+    """Groups the optimiser may move for cfg (possibly only from a scheduled step on)."""
+    present = variant.present_groups(cfg)
+    groups = present - variant.fixed_groups(cfg) - set(cfg.optim.freeze)
+    return groups | ({g for g, _ in cfg.optim.unfreeze_at} & present)
 
 
 def label_tree(variant: Variant, params: dict) -> dict:

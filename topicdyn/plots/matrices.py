@@ -162,13 +162,6 @@ def plot_matrices(run_dir: str | Path, out: str | Path, step: int | None = None,
     return save(fig, out)
 
 
-def eval_batch(cfg: Config):
-    """The probes' evaluation documents (identical at every checkpoint)."""
-    from topicdyn.probes import eval_batch as probes_eval_batch
-
-    return probes_eval_batch(cfg)
-
-
 def pick_documents(batch, cfg: Config, n: int) -> np.ndarray:
     """The n evaluation documents with the most topics among their shown words (the most mixed,
     so topic bias is visible), ties broken by document index."""
@@ -212,6 +205,8 @@ def plot_attention_maps(run_dir: str | Path, out: str | Path, step: int | None =
 
     cfg = require_run(run_dir)
     step, params = _checkpoint(run_dir, step, loaded)
+    from topicdyn.probes import eval_batch
+
     batch = eval_batch(cfg)
     docs = pick_documents(batch, cfg, n_docs)
     sub = jax.tree.map(lambda x: x[docs], batch)
