@@ -26,8 +26,7 @@ from topicdyn.probes import vocab as vocab_probes
 # compile time dominates: classic emitters, no backend optimisation (same float32 arithmetic)
 FAST = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
 
-SMALL = ["data.T=4", "data.v=5", "data.N_min=10", "data.N_max=20"]
-N_EVAL = 12
+SMALL = ["data.T=4", "data.v=5", "data.N_min=10", "data.N_max=20", "train.n_eval=12"]
 
 CASES = {
     "A": ("A", []),
@@ -55,7 +54,7 @@ def _context(case):
     cfg = _cfg(case)
     with pytest.MonkeyPatch.context() as mp:  # the same sampler program, compiled faster
         mp.setattr(probes, "compile_options", lambda: FAST)
-        ctx = make_context(cfg, N_EVAL)
+        ctx = make_context(cfg)
     assert ctx.vocab is not None, "the vocabulary-space probes should cover this model"
     return ctx, dataclasses.replace(ctx, vocab=None)
 

@@ -24,8 +24,6 @@ from topicdyn.xla import compile_options
 
 # independent random streams derived from one seed
 INIT_STREAM, DATA_STREAM, EVAL_STREAM = 0, 1, 2
-# documents in every run's fixed evaluation set (probes, eval-set theory values, figures)
-N_EVAL = 80
 # steps whose batches are sampled together (make_chunk_fn)
 SAMPLE_BLOCK = 10
 

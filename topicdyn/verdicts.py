@@ -23,7 +23,6 @@ from topicdyn.claims import NOT_APPLICABLE, Judging, judge_all, mean_sd, t50, tr
 from topicdyn.config import Config
 from topicdyn.models.variant import (BAG_OF_WORDS, LINEAR_READOUT, MLM, PAPER_STAGE2,
                                      TRAINED_EMBEDDING, TRAINED_VALUE)
-from topicdyn.training import N_EVAL
 
 
 def _applies_linear(cfg: Config, traits) -> bool:
@@ -35,12 +34,13 @@ def _applies_linear(cfg: Config, traits) -> bool:
 
 def run_predictions(cfg: Config, n_docs: int = 4000, n_batches: int = 50, seed: int = 0) -> dict:
     """JSON-able theory predictions for this config (see module doc); ~10-30 s on a CPU."""
-    from topicdyn.masking import sample_batch
+    import jax
+
+    from topicdyn.probes import eval_batch
     from topicdyn.theory import (attention_loss, attention_optimum_A, bayes_loss, linear_loss,
                                  population, symmetric_optimum_V)
     from topicdyn.theory.common import is_disjoint_uniform
     from topicdyn.theory.population import from_batch
-    from topicdyn.training import EVAL_STREAM, stream_key
 
     loss = cfg.model.loss
     traits = traits_for(cfg)
@@ -59,8 +59,7 @@ def run_predictions(cfg: Config, n_docs: int = 4000, n_batches: int = 50, seed: 
                       "linear readout; only the Bayes floor applies"
         return out
     sample = population(cfg, n_docs=n_docs, seed=seed)
-    eval_batch = sample_batch(stream_key(cfg.train.seed, EVAL_STREAM), cfg.data, cfg.mask, N_EVAL)
-    eval_sample = from_batch(eval_batch, cfg.data.n_vocab)
+    eval_sample = from_batch(jax.device_get(eval_batch(cfg)), cfg.data.n_vocab)
     if _applies_linear(cfg, traits):
         o = symmetric_optimum_V(cfg, loss=loss, sample=sample)
         out["uniform_attention"] = {

@@ -34,6 +34,7 @@ LOSS_INVARIANT = frozenset({
     "optim.freeze", "optim.unfreeze_at",
     "train.steps", "train.seed", "train.n_seeds", "train.log_every", "train.ckpt_log_points",
     "train.ckpt_linear_from", "train.ckpt_every", "train.ckpt_steps", "train.chunk",
+    "train.n_eval",
 })
 
 # The bag-of-words kernels read only token ids, the key mask and the selected positions: they are
@@ -144,3 +145,19 @@ def record(cfg) -> dict:
     if train == "generic" and cfg.model.impl != "generic":
         out["why_generic"] = FAST.why_not(cfg)
     return out
+
+
+def widest_mask(cfg, masks):
+    """Of several mask configs trained by one program (sweep groups with per-member mask
+    thresholds), the one whose selected positions need the largest static kernel buffers."""
+    from topicdyn.models.fast import CAP_SIGMAS, default_cap
+    from topicdyn.models.lean import LEAN_CAP_SIGMAS
+
+    d = cfg.data
+
+    def caps(m):
+        c = dataclasses.replace(cfg, mask=m)
+        return tuple(default_cap(c, d.batch_size, d.seq_len, k)
+                     for k in (LEAN_CAP_SIGMAS, CAP_SIGMAS))
+
+    return max(masks, key=caps)

@@ -25,7 +25,7 @@ from topicdyn.models.variant import MLM, VALUE_MAP
 from topicdyn.probes import vocab as _vocab
 from topicdyn.probes.stats import (attention_stats, block_stats, center_rows,
                                    reference_topic_labels, stable_rank)
-from topicdyn.training import EVAL_STREAM, N_EVAL, masked_loss, stream_key
+from topicdyn.training import EVAL_STREAM, masked_loss, stream_key
 from topicdyn.xla import compile_options
 
 PROBES: dict[str, Callable] = {}
@@ -54,7 +54,7 @@ def not_applicable(cfg: Config, names=DEFAULT_PROBES) -> dict[str, str]:
 @dataclass(frozen=True)
 class ProbeContext:
     cfg: Config
-    batch: MLMBatch  # evaluation documents (n_eval docs in one batch)
+    batch: MLMBatch  # evaluation documents (train.n_eval docs in one batch)
     word_topic: np.ndarray  # (V,)
     labels: jnp.ndarray  # (n_vocab,) correct topic per token id, -1 for specials
     ref_labels: jnp.ndarray  # (n_vocab,) the reference code's (buggy) labelling
@@ -63,19 +63,20 @@ class ProbeContext:
     vocab: dict | None = None  # constants of the vocabulary-space probes (probes/vocab.py)
 
 
-def eval_batch(cfg: Config, n_eval: int = N_EVAL) -> MLMBatch:
-    """The run's fixed evaluation documents (its eval stream): identical at every checkpoint."""
+def eval_batch(cfg: Config) -> MLMBatch:
+    """The run's fixed evaluation documents: train.n_eval documents from its eval stream,
+    identical at every checkpoint and for the eval-set theory values (verdicts)."""
     return jax.jit(sample_batch, static_argnums=(1, 2, 3), compiler_options=compile_options())(
-        stream_key(cfg.train.seed, EVAL_STREAM), cfg.data, cfg.mask, n_eval)
+        stream_key(cfg.train.seed, EVAL_STREAM), cfg.data, cfg.mask, cfg.train.n_eval)
 
 
-def make_context(cfg: Config, n_eval: int = N_EVAL, with_bayes: bool = True,
+def make_context(cfg: Config, with_bayes: bool = True,
                  vocab_probes: bool = True) -> ProbeContext:
     """The evaluation set is drawn from the run's eval stream: identical at every checkpoint.
     vocab_probes: compute the attention and loss probes in vocabulary space where the fast
     kernel is exact for the config (probes/vocab.py: the same numbers, a small fraction of the
     cost)."""
-    batch = eval_batch(cfg, n_eval)
+    batch = eval_batch(cfg)
     wt = word_topic(cfg.data)
     V, nv = cfg.data.V, cfg.data.n_vocab
     labels = np.full(nv, -1)

@@ -15,11 +15,10 @@ import numpy as np
 
 from topicdyn.config import Config
 from topicdyn.jsonl import read_jsonl
-from topicdyn.training import N_EVAL
 
 
 class CheckpointProber:
-    """on_checkpoint hook for run.train: probes every saved checkpoint and appends a row.
+    """on_checkpoint hook for a training loop: probes every saved checkpoint and appends a row.
 
     With background=True (the default) the work runs in a worker thread, in checkpoint order:
     building the evaluation context and compiling the probes overlap with the compilation and
@@ -29,10 +28,10 @@ class CheckpointProber:
     calls it before returning, so probes.jsonl is complete when train() returns.
     """
 
-    def __init__(self, cfg: Config, run_dir: str | Path, names=None, n_eval: int = N_EVAL,
+    def __init__(self, cfg: Config, run_dir: str | Path, names=None,
                  background: bool = True):
         self.cfg, self.path = cfg, Path(run_dir) / "probes.jsonl"
-        self.names, self.n_eval = names, n_eval
+        self.names = names
         self.fn = None
         self.params0 = None
         self.seconds = 0.0  # time spent probing (the benchmark reports it as overhead)
@@ -52,7 +51,7 @@ class CheckpointProber:
         from topicdyn.probes import DEFAULT_PROBES, make_context, make_prober
 
         t = time.perf_counter()
-        self.fn = make_prober(make_context(self.cfg, n_eval=self.n_eval),
+        self.fn = make_prober(make_context(self.cfg),
                               self.names or DEFAULT_PROBES)
         self.setup_seconds = time.perf_counter() - t
         self.seconds += self.setup_seconds
@@ -74,7 +73,7 @@ class CheckpointProber:
                 self.params0 = params
             else:  # resumed run: the reference point is checkpoint 0
                 from topicdyn.checkpoint import load_params
-                self.params0 = jax.device_get(load_params(run_dir, 0)[0])
+                self.params0 = jax.device_get(load_params(run_dir or self.path.parent, 0)[0])
         out = jax.device_get(self.fn(params, self.params0))
         row = {"step": int(step)}
         row.update({k: [float(x) for x in np.atleast_1d(v)] for k, v in sorted(out.items())})
@@ -112,14 +111,14 @@ class CheckpointProber:
         self._check()
 
 
-def probe_run(run_dir: str | Path, names=None, n_eval: int = N_EVAL) -> Path:
+def probe_run(run_dir: str | Path, names=None) -> Path:
     """Re-probe every stored checkpoint of a run; rewrites probes.jsonl. Returns its path."""
     from topicdyn.checkpoint import list_checkpoints, load_params
     from topicdyn.config import load_config
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
-    prober = CheckpointProber(cfg, run_dir, names, n_eval, background=False)
+    prober = CheckpointProber(cfg, run_dir, names, background=False)
     tmp = prober.path.with_suffix(".jsonl.tmp")
     tmp.unlink(missing_ok=True)
     prober.path = tmp  # write aside, then replace: an interrupted re-probe loses nothing

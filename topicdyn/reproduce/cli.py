@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from topicdyn.reproduce.experiments import (EXPERIMENTS, install_memos, log, make_config,
+from topicdyn.reproduce.experiments import (EXPERIMENTS, log, make_config,
                                             run_experiment)
 from topicdyn.reproduce.results import collect, update_readme, write_results
 
@@ -64,13 +64,11 @@ def main(argv=None) -> int:
     chosen = [e for e in EXPERIMENTS if not a.only or e.name in a.only.split(",")]
     if a.only and len(chosen) != len(a.only.split(",")):
         p.error(f"--only: unknown experiment; choose from {', '.join(e.name for e in EXPERIMENTS)}")
-    install_memos()
     log(f"{len(chosen)} experiments, {steps} steps, {seeds} seeds -> {out_root}")
-    theory_cache: dict = {}
     timing = {}
     for exp in chosen:
         cfg = make_config(exp, steps, seeds, n_ckpt)
-        timing[exp.name] = run_experiment(exp, cfg, out_root / exp.name, theory_cache,
+        timing[exp.name] = run_experiment(exp, cfg, out_root / exp.name,
                                           theory_kw, a.fresh, a.reuse_only)
     data = {e.name: collect(out_root / e.name) for e in chosen}
     results.mkdir(parents=True, exist_ok=True)

@@ -8,20 +8,17 @@ for A and F. The seeds of one experiment train together under vmap in one progra
 probes, verdicts, figures and report.md.
 
 A finished run whose config matches is reused. Theory pieces that depend only on the data and
-masking (Bayes floor, population sample, Bayes log-probabilities of the evaluation set) are
-memoised across experiments (`install_memos`): they are pure functions of (data, mask, sizes,
-seed), so sharing them changes no number.
+masking (Bayes floor, population sample, Bayes log-probabilities of the evaluation set, the
+symmetric optima) are shared across experiments by the theory package's content-keyed memo
+(topicdyn.theory.cache): pure functions of their inputs, so sharing them changes no number.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 KEEP0 = ["mask.p_keep=0", "mask.p_replace_mask=0.9", "mask.p_replace_random=0.1"]
 INIT_SCALES = (0.002, 0.02, 0.2, 0.5)
@@ -68,45 +65,6 @@ def log(msg: str) -> None:
 
 
 # ---- memoised theory pieces (pure functions of data + masking) ------------------------------
-def install_memos() -> None:
-    import topicdyn.theory as th
-
-    def key(cfg, *parts):
-        return (cfg.data, cfg.mask) + tuple(parts)
-
-    def memo(fn, keyf):
-        cache = {}
-
-        def wrapped(cfg, *a, **kw):
-            k = keyf(cfg, a, kw)
-            if k not in cache:
-                cache[k] = fn(cfg, *a, **kw)
-            return cache[k]
-        return wrapped
-
-    def batch_digest(b):
-        h = hashlib.sha256()
-        for x in (b.inputs, b.targets, b.selected, b.key_mask):
-            h.update(np.asarray(x).tobytes())
-        return h.hexdigest()
-
-    th.bayes_loss = memo(th.bayes_loss, lambda c, a, kw: key(c, a, tuple(sorted(kw.items()))))
-    th.population = memo(th.population, lambda c, a, kw: key(c, a, tuple(sorted(kw.items()))))
-    th.bayes_log_prob = memo(th.bayes_log_prob, lambda c, a, kw: key(
-        c, batch_digest(a[0]), tuple(sorted(kw.items()))))
-
-
-def theory_key(cfg) -> str:
-    """Everything theory.json depends on: data, masking, model structure (not the init scale),
-    and the seed (it fixes the evaluation documents)."""
-    d = cfg.to_dict()
-    for k in list(d["model"]):
-        if k.startswith("init_"):
-            d["model"][k] = None
-    return json.dumps({"data": d["data"], "mask": d["mask"], "model": d["model"],
-                       "seed": d["train"]["seed"]}, sort_keys=True)
-
-
 # ---- one experiment -------------------------------------------------------------------------
 def make_config(exp: Experiment, steps: int, seeds: int, n_ckpt: int):
     from topicdyn.config import preset
@@ -133,7 +91,7 @@ def finished(run_dir: Path, cfg) -> bool:
         (run_dir / "report.md").exists()
 
 
-def run_experiment(exp: Experiment, cfg, run_dir: Path, theory_cache: dict, theory_kw: dict,
+def run_experiment(exp: Experiment, cfg, run_dir: Path, theory_kw: dict,
                    fresh: bool, reuse_only: bool) -> dict:
     from topicdyn.plots import plot_run
     from topicdyn.probes.runner import CheckpointProber
@@ -153,12 +111,10 @@ def run_experiment(exp: Experiment, cfg, run_dir: Path, theory_cache: dict, theo
     shutil.rmtree(run_dir, ignore_errors=True)
     times = {}
     t = time.perf_counter()
-    k = theory_key(cfg)
-    if k not in theory_cache:
-        log(f"{exp.name}: theory predictions ...")
-        theory_cache[k] = run_predictions(cfg, **theory_kw)
+    log(f"{exp.name}: theory predictions ...")
+    theory = run_predictions(cfg, **theory_kw)
     run_dir.mkdir(parents=True)
-    (run_dir / "theory.json").write_text(json.dumps(theory_cache[k], indent=1) + "\n")
+    (run_dir / "theory.json").write_text(json.dumps(theory, indent=1) + "\n")
     times["theory_s"] = time.perf_counter() - t
     t = time.perf_counter()
     log(f"{exp.name}: training {cfg.train.steps} steps x {cfg.train.n_seeds} seeds ...")

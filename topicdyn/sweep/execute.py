@@ -102,8 +102,8 @@ def run_sweep(spec: Spec, *, progress: bool = True, stop_at: int | None = None,
     that step (tests)."""
     import jax
 
-    from topicdyn.sweep.group import (Group, barrier, broadcast, is_writer, member_mesh,
-                                      prepare_point, train_group)
+    from topicdyn.loop import (Group, barrier, broadcast, is_writer, member_mesh, prepare_point,
+                               train_group)
 
     writer = is_writer()
     log = (log or (lambda s: print(s, flush=True))) if writer else (lambda s: None)
@@ -145,7 +145,7 @@ def run_sweep(spec: Spec, *, progress: bool = True, stop_at: int | None = None,
             if spec.probes:
                 _write_theory(spec, pend, dirs, log)
         barrier("group")  # process 0 has prepared the directories
-        group = Group(pend, dirs)
+        group = Group([p.cfg for p in pend], dirs)
         train_group(group, mesh, start, _prober_factory(spec, group) if spec.probes else None,
                     progress=progress, stop_at=stop_at)
         if writer and spec.probes:
@@ -214,8 +214,8 @@ def _prober_factory(spec: Spec, group) -> Callable:
         import jax
 
         by_eval_set: dict[tuple, list[int]] = {}
-        for i, p in enumerate(group.points):
-            by_eval_set.setdefault((p.cfg.train.seed, p.cfg.mask), []).append(i)
+        for i, c in enumerate(group.cfgs):
+            by_eval_set.setdefault((c.train.seed, c.mask), []).append(i)
         out, sl = [], group.slices()
         for idx in by_eval_set.values():
             members = np.concatenate([np.arange(sl[i].start, sl[i].stop) for i in idx])
@@ -223,7 +223,7 @@ def _prober_factory(spec: Spec, group) -> Callable:
             for k, i in enumerate(idx):
                 views.append((group.dirs[i], k * n, (k + 1) * n))
             p0 = jax.tree.map(lambda x: np.asarray(x)[members], params0)
-            out.append(GroupProber(group.points[idx[0]].cfg, members, views, p0))
+            out.append(GroupProber(group.cfgs[idx[0]], members, views, p0))
         return out
 
     return make

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from topicdyn.config import Config
+from topicdyn.theory.cache import memoized
 from topicdyn.theory.common import (describe, newton_minimize, owner_topic, ratio_se,
                                     require_symmetric, sandwich_cov)
 from topicdyn.theory.population import PopulationSample, describe_sample, population
@@ -179,6 +180,7 @@ def attention_ratio(p: dict, sample: PopulationSample, cfg: Config) -> float:
     return float((sa / sn) / (ca / cn)) if sn > 0 and cn > 0 and ca > 0 else float("nan")
 
 
+@memoized(("data", "mask", "model"))
 def attention_optimum_A(cfg: Config, *, loss: str | None = None,
                         sample: PopulationSample | None = None, estimator: str = "auto",
                         n_docs: int = 20000, seed: int = 0, bound: float = 20.0

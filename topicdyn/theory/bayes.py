@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from topicdyn.config import Config
+from topicdyn.theory.cache import memoized
 from topicdyn.theory.common import beta_matrix, describe, mean_se, n_random_ids
 from topicdyn.theory.population import mc_batches
 from topicdyn.theory.posterior import observation_noise, topic_posterior
@@ -118,6 +119,7 @@ def bayes_predictive(cfg: Config, batch, *, use_query_token: bool = True, n_thet
     return BayesPredictive(logp, se, describe(cfg, post.method, **notes))
 
 
+@memoized(("data", "mask"))
 def bayes_log_prob(cfg: Config, batch, **kw) -> np.ndarray:
     """(B, L, n_vocab) Bayes log-probabilities for an MLMBatch (see bayes_predictive)."""
     return bayes_predictive(cfg, batch, **kw).log_prob
@@ -151,6 +153,7 @@ class LossEstimate:
         yield self.stderr
 
 
+@memoized(("data", "mask"))
 def bayes_loss(cfg: Config, n_batches: int = 200, seed: int = 12345, *,
                batch_size: int | None = None, use_query_token: bool = True,
                n_theta: int = 2048) -> LossEstimate:
@@ -180,7 +183,8 @@ def bayes_loss(cfg: Config, n_batches: int = 200, seed: int = 12345, *,
         per["uniform_all_ids"].append(np.log(cfg.data.n_vocab))
         per["unigram"].append(float(-uni[tgt].mean()))
         if use_query_token:
-            lp = bayes_log_prob(cfg, batch, use_query_token=False, n_theta=n_theta, seed=seed + i)
+            lp = bayes_predictive(cfg, batch, use_query_token=False, n_theta=n_theta,
+                                  seed=seed + i).log_prob
             per["bayes_without_query_token"].append(batch_ce(lp, batch))
     mean, se = mean_se(np.array(per["bayes"]))
     base = {k: mean_se(np.array(v)) for k, v in per.items() if k != "bayes"}

@@ -34,6 +34,7 @@ import numpy as np
 
 from topicdyn.config import Config
 from topicdyn.data import word_topic
+from topicdyn.theory.cache import memoized
 from topicdyn.theory.common import (describe, newton_minimize, owner_topic, ratio_se,
                                     require_symmetric, sandwich_cov)
 from topicdyn.theory.population import PopulationSample, describe_sample, population
@@ -63,7 +64,7 @@ def block_stats(M: np.ndarray, cfg: Config) -> dict[str, float]:
 def _features(sample: PopulationSample, cfg: Config, loss: str):
     """Family features F (D, V, P), weighted targets y (D, V), names and Frobenius norms (P,)."""
     d = cfg.data
-    V, nv = d.V, d.n_vocab
+    V = d.V
     v = V // d.T  # words per topic (equal sizes: require_symmetric)
     tot = sample.key_counts.sum(1, keepdims=True)
     xbar = sample.key_counts / np.maximum(tot, 1e-300)
@@ -120,7 +121,7 @@ def linear_loss(W: np.ndarray, sample: PopulationSample, cfg: Config, loss: str
                 ) -> tuple[float, float]:
     """Population loss (mean, s.e.) of logits = xbar @ W[:, :n_vocab] for any W (n_vocab, >=nv).
     -inf entries are evaluated as -1e4 (their softmax weight underflows to 0)."""
-    nv, V = cfg.data.n_vocab, cfg.data.V
+    nv = cfg.data.n_vocab
     W = np.where(np.isneginf(W), -1e4, np.asarray(W, np.float64))[:, :nv]
     xbar = sample.key_counts / np.maximum(sample.key_counts.sum(1, keepdims=True), 1e-300)
     z = xbar @ W  # (D, nv)
@@ -153,6 +154,7 @@ def _assemble(cfg: Config, loss: str, p: dict) -> np.ndarray:
     return W
 
 
+@memoized(("data", "mask", "model"))
 def symmetric_optimum_V(cfg: Config, *, loss: str | None = None,
                         sample: PopulationSample | None = None, estimator: str = "auto",
                         n_docs: int = 20000, seed: int = 0, regime: str = "V") -> LinearOptimum:

@@ -25,6 +25,7 @@ import numpy as np
 from topicdyn.config import Config
 from topicdyn.masking import (NOT_SELECTED, SHOW_KEEP, SHOW_MASK, SHOW_RANDOM, MLMBatch,
                               sample_batch)
+from topicdyn.theory.cache import memoized
 from topicdyn.theory.common import beta_matrix, n_random_ids
 from topicdyn.theory.posterior import prior_moment
 
@@ -197,6 +198,7 @@ def exact_sample(cfg: Config, max_rows: int = 400_000) -> PopulationSample:
                                            f"outcomes")
 
 
+@memoized(("data", "mask"), maxsize=8)
 def population(cfg: Config, estimator: str = "auto", n_docs: int = 20000, seed: int = 0,
                max_rows: int = 200_000) -> PopulationSample:
     """Exact enumeration when estimator='enumeration' (or 'auto' and it has <= max_rows rows),
