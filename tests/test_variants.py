@@ -129,8 +129,8 @@ def test_groups_of_new_parameters():
 
 @pytest.mark.parametrize("overrides,na_claim,judged", [
     (["model.n_layers=2"], "same-topic attention bias (P1 pooling)", True),
-    # every P1 claim is about the masked-token objective: none is judged for a causal model
-    (["mask.objective=causal"], "excess loss over the Bayes floor", False),
+    # every P1 claim is about the masked-token objective: only the next-token floor applies
+    (["mask.objective=causal"], "same-topic attention bias (P1 pooling)", True),
     (["model.positional=learned"], "below the stage-1 plateau", True),
 ])
 def test_variant_end_to_end_through_cli(tmp_path, capsys, overrides, na_claim, judged):
@@ -148,6 +148,13 @@ def test_variant_end_to_end_through_cli(tmp_path, capsys, overrides, na_claim, j
     by = {c["claim"]: c for c in last["claims"]}
     assert by[na_claim]["verdict"] == "not applicable" and by[na_claim]["how"]
     assert any(c["verdict"] != "not applicable" for c in last["claims"]) == judged
+    if "mask.objective=causal" in overrides:
+        assert [c["claim"] for c in last["claims"] if c["verdict"] != "not applicable"] == [
+            "excess loss over the Bayes floor"]
+        floor = json.loads((out / "theory.json").read_text())["bayes"]
+        assert floor["assumptions"]["conditioning"].startswith("the clean prefix")
+        probes = json.loads((out / "probes.jsonl").read_text().splitlines()[-1])
+        assert np.all(np.asarray(probes["loss/bayes_loss"]) > 0)
     assert (out / "report.md").exists()
     assert "not applicable" in (out / "report.md").read_text()
 

@@ -16,9 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-from topicdyn.models.variant import (BAG_OF_WORDS, MLM, NO_POSITIONS, ONE_LAYER, PAPER_STAGE2,
-                                     TRAINED_ATTENTION, TRAINED_EMBEDDING, TRAINED_VALUE,
-                                     UNIFORM_ATTENTION)
+from topicdyn.models.variant import (BAG_OF_WORDS, CAUSAL, MLM, NO_POSITIONS, ONE_LAYER,
+                                     PAPER_STAGE2, TRAINED_ATTENTION, TRAINED_EMBEDDING,
+                                     TRAINED_VALUE, UNIFORM_ATTENTION)
 
 NOT_APPLICABLE = "not applicable"
 
@@ -236,6 +236,7 @@ def _bayes_excess(j: Judging) -> dict:
 
 
 CE = "ce_loss"  # pseudo-trait: model.loss=ce (added by traits_for)
+BAYES_FLOOR = "bayes_floor"  # pseudo-trait: an LDA Bayes floor exists (masked-token, next-token)
 
 register(Claim("block structure (same - cross)", "value map has topic-block structure",
                UNIFORM_1L, ("uniform_attention",), ("blocks/value_gap",), _block_structure))
@@ -260,13 +261,16 @@ register(Claim("value-first two-stage order", "W^V learns before W^K, W^Q",
 register(Claim("below the stage-1 plateau", "attention lowers the loss below uniform attention",
                frozenset({TRAINED_ATTENTION, ONE_LAYER, NO_POSITIONS, MLM, BAG_OF_WORDS}),
                ("uniform_attention",), ("loss/eval_loss",), _below_stage1))
-register(Claim("excess loss over the Bayes floor", "(reported)", frozenset({MLM, CE}), (),
+register(Claim("excess loss over the Bayes floor", "(reported)", frozenset({BAYES_FLOOR, CE}), (),
                ("loss/bayes_loss", "loss/eval_loss"), _bayes_excess))
 
 
 def traits_for(cfg) -> frozenset:
-    """The variant's traits for cfg, plus the pseudo-trait CE for a cross-entropy loss."""
+    """The variant's traits for cfg, plus the pseudo-traits CE (cross-entropy loss) and
+    BAYES_FLOOR (an objective the theory has a Bayes predictor for)."""
     from topicdyn.models import get_variant
 
     t = get_variant(cfg.model.name).traits(cfg)
-    return t | {CE} if cfg.model.loss == "ce" else t
+    extra = ({CE} if cfg.model.loss == "ce" else set()) | (
+        {BAYES_FLOOR} if t & {MLM, CAUSAL} else set())
+    return t | extra

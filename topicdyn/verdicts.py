@@ -1,9 +1,9 @@
 """P1's claims as verdicts per checkpoint: pass / fail / not yet converged / not applicable.
 
 `run_predictions(cfg)` computes the theory that applies to the run's exact config (written to
-theory.json), asked only for what the variant's traits allow: the Bayes floor (masked-token
-objective), the uniform-attention optimum (one-layer position-free MLM models with a linear
-readout: regimes V and E, and stage 1 of F) and, for the paper's stage-2 model (frozen topic-block
+theory.json), asked only for what the variant's traits allow: the Bayes floor (masked-token or
+next-token objective), the uniform-attention optimum (one-layer position-free MLM models with a
+linear readout: regimes V and E, and stage 1 of F) and, for the paper's stage-2 model (frozen topic-block
 W^V), the regime-A optimum. Losses are also evaluated on the run's own evaluation documents (the
 ones the probes use), so measured-vs-predicted loss is a paired comparison without
 document-sampling noise.
@@ -21,7 +21,7 @@ import numpy as np
 
 from topicdyn.claims import NOT_APPLICABLE, Judging, judge_all, mean_sd, t50, traits_for  # noqa: F401
 from topicdyn.config import Config
-from topicdyn.models.variant import (BAG_OF_WORDS, LINEAR_READOUT, MLM, PAPER_STAGE2,
+from topicdyn.models.variant import (BAG_OF_WORDS, CAUSAL, LINEAR_READOUT, MLM, PAPER_STAGE2,
                                      TRAINED_EMBEDDING, TRAINED_VALUE)
 
 
@@ -45,12 +45,14 @@ def run_predictions(cfg: Config, n_docs: int = 4000, n_batches: int = 50, seed: 
     loss = cfg.model.loss
     traits = traits_for(cfg)
     out: dict = {"loss": loss, "n_docs": n_docs, "traits": sorted(traits)}
-    if MLM not in traits:
-        out["note"] = "no masked-token theory for this objective (Bayes floor, optima)"
-        return out
-    if loss == "ce":
+    if loss == "ce" and traits & {MLM, CAUSAL}:
         b = bayes_loss(cfg, n_batches=n_batches, seed=seed + 12345)
         out["bayes"] = {"loss": b.mean, "stderr": b.stderr, "assumptions": _jsonable(b.assumptions)}
+    if MLM not in traits:
+        out["note"] = ("next-token objective: the next-token Bayes floor only (the symmetric "
+                       "optima are masked-token theory)" if CAUSAL in traits else
+                       "no theory for this objective (Bayes floor, optima)")
+        return out
     if not is_disjoint_uniform(cfg):
         out["note"] = "block-symmetric optima need disjoint uniform topics; only the Bayes floor"
         return out

@@ -39,28 +39,28 @@ class DataConfig:
         int_at_least("data.v", self.v, 1)
         choice("data.topic_words", self.topic_words, ("disjoint", "overlap", "zipf", "explicit"))
         check(is_int(self.overlap) and 0 <= self.overlap < self.v, "data.overlap",
-               f"an integer in [0, v-1] = [0, {self.v - 1}]", self.overlap)
+              f"an integer in [0, v-1] = [0, {self.v - 1}]", self.overlap)
         positive("data.zipf_s", self.zipf_s)
         if self.topic_words == "explicit":
             b = self.beta
             check(b is not None and len(b) == self.T, "data.beta",
-                   f"a T x V matrix with T={self.T} rows for topic_words=explicit", b)
+                  f"a T x V matrix with T={self.T} rows for topic_words=explicit", b)
             width = len(b[0])
             for row in b:
                 check(len(row) == width and all(is_num(x) and x >= 0 for x in row)
-                       and abs(sum(row) - 1.0) < 1e-4, "data.beta",
-                       "rows of equal length with non-negative entries summing to 1", row)
+                      and abs(sum(row) - 1.0) < 1e-4, "data.beta",
+                      "rows of equal length with non-negative entries summing to 1", row)
         elif self.beta is not None:
             raise ConfigError(f"data.beta: only allowed with topic_words=explicit, got "
                               f"topic_words={self.topic_words!r}")
         choice("data.prior", self.prior, ("dirichlet", "k_topics"))
         positive("data.alpha", self.alpha)
         check(is_int(self.k) and 1 <= self.k <= self.T, "data.k",
-               f"an integer in [1, T] = [1, {self.T}]", self.k)
+              f"an integer in [1, T] = [1, {self.T}]", self.k)
         choice("data.k_weights", self.k_weights, ("dirichlet", "equal"))
         int_at_least("data.N_min", self.N_min, 1)
         check(is_int(self.N_max) and self.N_max >= self.N_min, "data.N_max",
-               f"an integer >= N_min = {self.N_min}", self.N_max)
+              f"an integer >= N_min = {self.N_min}", self.N_max)
         check(isinstance(self.start_end, bool), "data.start_end", "true or false", self.start_end)
         int_at_least("data.batch_size", self.batch_size, 1)
 
@@ -115,12 +115,12 @@ class MaskConfig:
     def __post_init__(self):
         prob("mask.p_mask", self.p_mask)
         check(self.p_mask > 0, "mask.p_mask", "> 0 (no selected position means no loss)",
-               self.p_mask)
+              self.p_mask)
         for name in ("p_replace_mask", "p_replace_random", "p_keep"):
             prob(f"mask.{name}", getattr(self, name))
         total = self.p_replace_mask + self.p_replace_random + self.p_keep
         check(abs(total - 1.0) < 1e-6, "mask.p_replace_mask+p_replace_random+p_keep",
-               "proportions summing to 1", round(total, 9))
+              "proportions summing to 1", round(total, 9))
         choice("mask.random_source", self.random_source, ("all", "content"))
         choice("mask.key_set", self.key_set, ("unselected", "all"))
         choice("mask.objective", self.objective, ("mlm", "causal"))
@@ -158,12 +158,12 @@ class ModelConfig:
 
     def __post_init__(self):
         check(isinstance(self.name, str) and self.name != "", "model.name",
-               "a variant name", self.name)
+              "a variant name", self.name)
         if self.d_model is not None:
             int_at_least("model.d_model", self.d_model, 1)
         int_at_least("model.n_heads", self.n_heads, 1)
         check(is_int(self.n_layers) and 1 <= self.n_layers <= 16, "model.n_layers",
-               "an integer in [1, 16]", self.n_layers)
+              "an integer in [1, 16]", self.n_layers)
         choice("model.positional", self.positional, ("none", "learned", "sinusoidal"))
         choice("model.embedding", self.embedding, ("trained", "onehot"))
         choice("model.attention", self.attention, ("trained", "uniform"))
@@ -171,11 +171,11 @@ class ModelConfig:
         choice("model.decoder", self.decoder, ("trained", "identity", "tied"))
         check(isinstance(self.residual, bool), "model.residual", "true or false", self.residual)
         check(isinstance(self.layernorm, bool), "model.layernorm", "true or false",
-               self.layernorm)
+              self.layernorm)
         choice("model.loss", self.loss, ("ce", "squared"))
         choice("model.impl", self.impl, ("auto", "generic", "fast"))
         check(is_num(self.init_scale) and self.init_scale >= 0, "model.init_scale",
-               "a number >= 0", self.init_scale)
+              "a number >= 0", self.init_scale)
         for g in ("embedding", "query", "key", "value", "decoder", "position"):
             s = getattr(self, f"init_{g}")
             if s is not None:
@@ -214,13 +214,13 @@ class OptimConfig:
             check(is_num(v) and 0 <= v < 1, f"optim.{name}", "a number in [0, 1)", v)
         positive("optim.eps", self.eps)
         check(is_num(self.momentum) and 0 <= self.momentum < 1, "optim.momentum",
-               "a number in [0, 1)", self.momentum)
+              "a number in [0, 1)", self.momentum)
         check(is_num(self.weight_decay) and self.weight_decay >= 0, "optim.weight_decay",
-               "a number >= 0", self.weight_decay)
+              "a number >= 0", self.weight_decay)
         if self.weight_decay > 0:
             check(self.name == "adamw", "optim.weight_decay",
-                   "0 unless optim.name=adamw (adam and sgd have no decoupled decay)",
-                   self.weight_decay)
+                  "0 unless optim.name=adamw (adam and sgd have no decoupled decay)",
+                  self.weight_decay)
         if self.grad_clip is not None:
             positive("optim.grad_clip", self.grad_clip)
         # group names are checked against the variant's groups by Config
@@ -252,7 +252,7 @@ class TrainConfig:
     def __post_init__(self):
         int_at_least("train.steps", self.steps, 1)
         check(is_int(self.seed) and 0 <= self.seed < 2**31, "train.seed",
-               "an integer in [0, 2^31)", self.seed)
+              "an integer in [0, 2^31)", self.seed)
         int_at_least("train.n_seeds", self.n_seeds, 1)
         int_at_least("train.log_every", self.log_every, 1)
         int_at_least("train.ckpt_log_points", self.ckpt_log_points, 0)
@@ -260,7 +260,7 @@ class TrainConfig:
         int_at_least("train.ckpt_every", self.ckpt_every, 1)
         for s in self.ckpt_steps:
             check(is_int(s) and 0 <= s <= self.steps, "train.ckpt_steps",
-                   f"steps in [0, steps={self.steps}]", s)
+                  f"steps in [0, steps={self.steps}]", s)
         int_at_least("train.chunk", self.chunk, 1)
         int_at_least("train.n_eval", self.n_eval, 1)
 
@@ -284,7 +284,7 @@ class Config:
                          ("optim.unfreeze_at", [g for g, _ in self.optim.unfreeze_at])):
             for g in gs:
                 check(g in variant.groups, name,
-                       f"group names of variant {self.model.name!r}: {groups}", g)
+                      f"group names of variant {self.model.name!r}: {groups}", g)
         variant.check_config(self)
         if self.model.impl == "fast":
             from topicdyn.models.kernels import select
@@ -292,15 +292,15 @@ class Config:
         n_vocab, d = self.data.n_vocab, self.d_model
         if self.model.embedding == "onehot":
             check(d >= n_vocab, "model.d_model",
-                   f">= vocabulary size {n_vocab} for one-hot embeddings", d)
+                  f">= vocabulary size {n_vocab} for one-hot embeddings", d)
         if self.model.decoder == "identity":
             check(d >= n_vocab, "model.d_model",
-                   f">= vocabulary size {n_vocab} for an identity decoder", d)
+                  f">= vocabulary size {n_vocab} for an identity decoder", d)
         check(d % self.model.n_heads == 0, "model.n_heads", f"a divisor of d_model={d}",
-               self.model.n_heads)
+              self.model.n_heads)
         if self.model.value == "topic_block":
             check(d >= self.data.V, "model.d_model",
-                   f">= number of content words {self.data.V} for a topic-block W^V", d)
+                  f">= number of content words {self.data.V} for a topic-block W^V", d)
 
     @property
     def d_model(self) -> int:

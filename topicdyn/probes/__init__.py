@@ -21,7 +21,7 @@ from topicdyn.data import topic_word_matrix, word_topic
 from topicdyn.masking import MLMBatch, sample_batch
 from topicdyn.models import get_variant
 from topicdyn.models.layers import query_key_mask
-from topicdyn.models.variant import MLM, VALUE_MAP
+from topicdyn.models.variant import CAUSAL, MLM, VALUE_MAP
 from topicdyn.probes import vocab as _vocab
 from topicdyn.probes.stats import (attention_stats, block_stats, center_rows,
                                    reference_topic_labels, stable_rank)
@@ -84,7 +84,7 @@ def make_context(cfg: Config, with_bayes: bool = True,
     uni = np.zeros(nv)
     uni[:V] = topic_word_matrix(cfg.data).mean(0)  # symmetric prior: E[theta_t] = 1/T
     bayes = None
-    if with_bayes and MLM in get_variant(cfg.model.name).traits(cfg):
+    if with_bayes and get_variant(cfg.model.name).traits(cfg) & {MLM, CAUSAL}:
         try:
             from topicdyn.theory import bayes_log_prob
             bayes = jnp.asarray(bayes_log_prob(cfg, batch), jnp.float32)

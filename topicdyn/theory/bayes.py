@@ -58,7 +58,15 @@ def bayes_predictive(cfg: Config, batch, *, use_query_token: bool = True, n_thet
     for probes, not a prediction of anything the loss sees. use_query_token=False drops the
     query's own shown token (the information limit of models whose output ignores the query
     token, e.g. uniform attention, when key_set="unselected").
+
+    Under mask.objective=causal this is the next-token predictive from each position's prefix
+    (topicdyn.theory.next_token; use_query_token does not apply: the query token is in its
+    prefix).
     """
+    if cfg.mask.objective == "causal":
+        from topicdyn.theory.next_token import next_token_predictive
+
+        return next_token_predictive(cfg, batch, n_theta=n_theta, seed=seed)
     d, m = cfg.data, cfg.mask
     V, nv = d.V, d.n_vocab
     inputs = np.asarray(batch.inputs)
@@ -164,8 +172,10 @@ def bayes_loss(cfg: Config, n_batches: int = 200, seed: int = 12345, *,
     over its selected positions (as training.masked_loss) and the standard error is that of the
     mean of the n_batches iid batch losses. Baselines on the same batches: uniform over the V
     content words, uniform over all ids, unigram, and (if use_query_token) the Bayes predictor
-    that ignores the query's own token.
+    that ignores the query's own token. Under mask.objective=causal: the next-token floor
+    (the prefix is the whole conditioning; no query-token baseline).
     """
+    use_query_token = use_query_token and cfg.mask.objective != "causal"
     V = cfg.data.V
     uni = np.log(unigram(cfg))
     names = ["bayes", "uniform_content", "uniform_all_ids", "unigram"]
@@ -193,4 +203,6 @@ def bayes_loss(cfg: Config, n_batches: int = 200, seed: int = 12345, *,
            f"mean over selected positions; predictive by {method}")
     notes = {"conditioning": "own shown token + key multiset" if use_query_token
              else "key multiset only"}
+    if cfg.mask.objective == "causal":  # the predictor's own record (prefix, clean tokens)
+        notes = {k: v for k, v in pred.assumptions.items() if k != "estimator"}
     return LossEstimate(mean, se, n_batches, base, describe(cfg, est, **notes))
