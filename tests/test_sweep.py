@@ -243,11 +243,25 @@ def test_resume_skips_finished_and_resumes_interrupted(tmp_path):
     f.write_text(json.dumps({**base, "grid": {"data.T": [2, 3]}}))
     dest = tmp_path / "published"
     (dest).mkdir()
-    (dest / "stale.png").write_bytes(b"old")
+    (dest / "mine.png").write_bytes(b"not topicdyn's")
     assert main(["sweep", str(f), "--summary-only", "--publish", str(dest)]) == 0
     pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert sorted(p.name for p in dest.glob("*.png")) == pngs and pngs
+    assert sorted(p.name for p in dest.glob("*.png")) == sorted(pngs + ["mine.png"]) and pngs
     assert (dest / "sweep_summary.csv").read_bytes() == (out / "sweep_summary.csv").read_bytes()
+    assert (dest / "mine.png").read_bytes() == b"not topicdyn's"  # never touched
+    # a figure an earlier publish wrote and the sweep no longer makes is removed; nothing else
+    manifest = json.loads((dest / ".topicdyn-published.json").read_text())
+    (dest / "gone.png").write_bytes(b"ours once")
+    (dest / ".topicdyn-published.json").write_text(json.dumps(
+        {"files": manifest["files"] + ["gone.png"]}))
+    assert main(["sweep", str(f), "--summary-only", "--publish", str(dest)]) == 0
+    assert not (dest / "gone.png").exists() and (dest / "mine.png").exists()
+    # a file of a published name that topicdyn did not write is refused, not overwritten
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / pngs[0]).write_bytes(b"someone else's")
+    assert main(["sweep", str(f), "--summary-only", "--publish", str(other)]) == 2
+    assert (other / pngs[0]).read_bytes() == b"someone else's"
 
 
 def test_two_processes_jax_distributed_equal_one_device(vmapped, tmp_path):

@@ -7,9 +7,14 @@ Layout inside a run directory:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import io
 import json
 import logging
+import os
+import sys
+import time
 from pathlib import Path
 
 import jax
@@ -17,7 +22,24 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from topicdyn.config import Config, TrainConfig, load_config
+from topicdyn.faults import crash_point
 from topicdyn.jsonl import read_jsonl
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind an orbax/tensorstore failure (e.g. disk full), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError):
+            return e
+        text = str(e)
+        for code, word in ((errno.ENOSPC, "No space left"), (errno.EDQUOT, "quota exceeded"),
+                           (errno.EIO, "Input/output error"), (errno.EROFS, "Read-only")):
+            if word in text:
+                return OSError(code, os.strerror(code))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 class CheckpointError(ValueError):
@@ -43,6 +65,15 @@ def restore_checked(ck, step: int, like, run_dir) -> object:
         with quiet_orbax():
             return ck.restore(step, like)
     except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds
+        # The read's other in-flight chunks finish after orbax closed its event loop and
+        # tensorstore prints "Event loop is closed" tracebacks for them: let them finish
+        # into a sink so that the failure stays the one line below.
+        sink, real = io.StringIO(), sys.stderr
+        sys.stderr = sink
+        try:
+            time.sleep(0.5)
+        finally:
+            sys.stderr = real
         msg = str(e).splitlines()[0][:200] if str(e) else ""
         raise CheckpointError(f"checkpoint {step} of {run_dir} cannot be read "
                               f"({type(e).__name__}: {msg})") from e
@@ -84,13 +115,30 @@ class Checkpointer:
             self.manager = ocp.CheckpointManager(self.run_dir / "checkpoints", options=opts)
 
     def save(self, step: int, state) -> str:
+        """Write order: orbax finalises the step (atomic rename of its temporary directory),
+        then its index row is appended. A step without an index row is unfinished: a resume
+        never starts from it (topicdyn.rundir.resume_step) and deletes it."""
         host = jax.device_get(state)
         digest = params_hash(host.params)
-        self.manager.save(step, args=ocp.args.StandardSave(
-            {"params": host.params, "opt_state": host.opt_state}), force=True)
-        self.manager.wait_until_finished()
+        crash_point("checkpoint.before_save", step)
+        try:
+            self.manager.save(step, args=ocp.args.StandardSave(
+                {"params": host.params, "opt_state": host.opt_state}), force=True)
+            self.manager.wait_until_finished()
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - orbax wraps I/O errors (disk full) in others
+            io = _os_error(e)
+            if io is not None:  # named after the checkpoint being written
+                raise OSError(io.errno, io.strerror,
+                              io.filename or str(self.run_dir / "checkpoints" / str(step))) from e
+            raise
+        crash_point("checkpoint.saved", step)
         with self.index.open("a") as f:
             f.write(json.dumps({"step": step, "sha256": digest}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        crash_point("checkpoint.indexed", step)
         return digest
 
     def steps(self) -> list[int]:

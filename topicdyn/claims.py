@@ -101,9 +101,17 @@ def not_applicable_row(claim: Claim, reason: str) -> dict:
             "sd": None, "tolerance": None, "verdict": NOT_APPLICABLE, "how": reason}
 
 
+DIVERGED = "diverged"
+NON_FINITE = "non_finite_params"  # probes row key: per seed, parameters not all finite
+
+
 def judge_all(j: Judging) -> list[dict]:
-    """Every registered claim's row for one checkpoint, in registry order."""
+    """Every registered claim's row for one checkpoint, in registry order ("diverged" for all
+    where the checkpoint's parameters are not finite: no statistic of them means anything)."""
     out = []
+    if any(j.row.get(NON_FINITE) or []):
+        return [{**not_applicable_row(c, "non-finite parameters at this checkpoint"),
+                 "verdict": DIVERGED} for c in CLAIMS]
     for c in CLAIMS:
         reason = c.why_not(j)
         out.append(not_applicable_row(c, reason) if reason else c.judge(j))

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--no-probes", action="store_true",
                    help="do not probe checkpoints while training (probe later with topicdyn probe)")
+    t.add_argument("--no-figures", action="store_true",
+                   help="skip the figures and report.md at the end (topicdyn plot / report later)")
 
     pr = sub.add_parser("probe", help="re-probe every stored checkpoint of a run offline")
     pr.add_argument("run_dir", type=Path)
@@ -63,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", type=Path, help="sweep directory (default: the spec's out, or "
                                              "runs/sweeps/<name>)")
     sw.add_argument("--dry-run", action="store_true",
-                    help="validate the spec and print the groups and what would run")
+                    help="validate the spec and print the groups and what would run (a .py "
+                         "spec is still executed to read its SPEC)")
     sw.add_argument("--summary-only", action="store_true",
                     help="only rewrite sweep_summary.* and the figures from the points' files")
     sw.add_argument("--distributed", action="store_true",
@@ -104,22 +107,34 @@ def cmd_train(a) -> int:
         from topicdyn.run import check_new_run_dir, default_run_dir
         run_dir = a.out or default_run_dir(cfg)
         check_new_run_dir(Path(run_dir))
-    print(f"run directory: {run_dir}", flush=True)
-    hook = None
-    if not a.no_probes:
-        _write_theory(cfg, Path(run_dir))
-        from topicdyn.probes.runner import CheckpointProber
-        hook = CheckpointProber(cfg, run_dir)
-    try:
-        train(cfg, run_dir, resume=a.resume is not None, progress=not a.no_progress,
-              on_checkpoint=hook)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: topicdyn train --resume {run_dir}", file=sys.stderr)
-        return 130
-    _print_summary(run_dir)
-    if not a.no_probes:
-        _print_verdicts(Path(run_dir))
-        _figures_and_report(Path(run_dir))
+    from topicdyn.memory import check_memory
+    check_memory(cfg, cfg.train.n_seeds)  # before theory.json or anything else is written
+    from topicdyn.faults import DirLock
+    with DirLock(run_dir, "resume" if a.resume is not None else "out"):  # one writer, from here
+        print(f"run directory: {run_dir}", flush=True)
+        hook = None
+        if not a.no_probes:
+            _write_theory(cfg, Path(run_dir))
+            from topicdyn.probes.runner import CheckpointProber
+            hook = CheckpointProber(cfg, run_dir)
+        try:
+            train(cfg, run_dir, resume=a.resume is not None, progress=not a.no_progress,
+                  on_checkpoint=hook)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted; continue with: topicdyn train --resume {run_dir}",
+                  file=sys.stderr)
+            return 130
+        except BaseException:
+            # e.g. a refused resume before training began: the prober's thread may still be
+            # compiling; an interpreter exiting under it aborts (SIGABRT), so wait for it
+            if hook is not None:
+                hook.close(raise_errors=False)
+            raise
+        _print_summary(run_dir)
+        if not a.no_probes:
+            _print_verdicts(Path(run_dir))
+            if not a.no_figures:
+                _figures_and_report(Path(run_dir))
     print(f"done: {run_dir}")
     return 0
 
@@ -128,7 +143,11 @@ def _write_theory(cfg: Config, run_dir: Path, refresh: bool = False) -> None:
     """theory.json: predictions for this exact config (kept on resume, redone by `probe`)."""
     path = run_dir / "theory.json"
     if path.exists() and not refresh:
-        return
+        try:
+            json.loads(path.read_text())
+            return
+        except (ValueError, OSError):  # damaged (e.g. a bad disk): computed again
+            pass
     from topicdyn.verdicts import run_predictions
 
     print("computing theory predictions for this config ...", flush=True)
@@ -270,8 +289,13 @@ def cmd_sweep(a) -> int:
     return 0
 
 
+PUBLISH_MANIFEST = ".topicdyn-published.json"
+
+
 def _publish(spec, dest: Path) -> int:
-    """Copy a finished sweep's summary table and figures into dest (replacing older ones)."""
+    """Copy a finished sweep's summary table and figures into dest. Only files an earlier
+    publish wrote (listed in dest's manifest) are replaced or removed; nothing else in dest is
+    touched, and a file of the same name that topicdyn did not write is refused."""
     import shutil
 
     src = Path(spec.out)
@@ -279,12 +303,26 @@ def _publish(spec, dest: Path) -> int:
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise ConfigError(f"--publish: {missing[0]} does not exist; run the sweep to the end first")
+    manifest = dest / PUBLISH_MANIFEST
+    try:
+        ours = set(json.loads(manifest.read_text())["files"]) if manifest.exists() else set()
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"--publish: {manifest} is damaged; delete it and the files it "
+                          "listed, or publish into another directory") from None
+    names = {f.name for f in files}
+    clash = sorted(n for n in names if (dest / n).exists() and n not in ours)
+    if clash:
+        raise ConfigError(f"--publish: {dest / clash[0]} exists and was not written by an earlier "
+                          "publish; move it or publish into another directory")
     dest.mkdir(parents=True, exist_ok=True)
-    for old in dest.glob("*.png"):
-        old.unlink()
+    for old in sorted(ours - names):  # a figure the sweep no longer makes
+        (dest / old).unlink(missing_ok=True)
     for f in files:
         shutil.copy2(f, dest / f.name)
-    print(f"published {len(files)} files to {dest}")
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"files": sorted(names)}, indent=1) + "\n")
+    tmp.replace(manifest)
+    print(f"published {len(files)} files to {dest} (manifest {manifest.name})")
     return 0
 
 
@@ -308,7 +346,13 @@ def _checkpoint_error() -> type:
     return CheckpointError
 
 
+EXIT_BAD_INPUT, EXIT_IO, EXIT_DIVERGED = 2, 1, 3
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 bad input (one line naming the field), 1 an I/O error (one line
+    naming the path; earlier checkpoints intact, --resume after fixing it), 3 diverged
+    (non-finite values; the last good checkpoint is kept), 130 interrupted."""
     args = build_parser().parse_args(argv)
     limit_malloc_arenas()
     try:
@@ -316,7 +360,20 @@ def main(argv: list[str] | None = None) -> int:
                 "report": cmd_report, "sweep": cmd_sweep}[args.cmd](args)
     except (ConfigError, _checkpoint_error()) as e:
         print(f"topicdyn: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except OSError as e:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"topicdyn: error: {e.strerror or e}{where}; files written before it are intact; "
+              "fix it and run the command again (training: --resume)", file=sys.stderr)
+        return EXIT_IO
+    except _diverged() as e:
+        print(f"topicdyn: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+
+
+def _diverged() -> type:
+    from topicdyn.loop import Diverged  # imports jax: only once it is needed
+    return Diverged
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -31,10 +30,12 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from topicdyn.checkpoint import Checkpointer, checkpoint_steps
+from topicdyn.checkpoint import checkpoint_steps
+from topicdyn.faults import crash_point
+from topicdyn.memory import check_memory
+from topicdyn.rundir import PointCheckpointer, append_jsonl
 from topicdyn.config import Config
 from topicdyn.training import TrainState, group_norms, init_state, make_chunk_fn
 
@@ -43,6 +44,11 @@ AXIS = "members"
 
 class RunInterrupted(Exception):
     """Raised by a loop with stop_at=s after the checkpoint at step s (used to test resume)."""
+
+
+class Diverged(Exception):
+    """Non-finite loss or parameters at a logging point; the run stopped before saving them.
+    The message is one line; each point's diverged.json names the last good checkpoint."""
 
 
 def log_steps(cfg: Config) -> list[int]:
@@ -116,24 +122,6 @@ def barrier(name: str, timeout_s: int = 7 * 24 * 3600) -> None:
         multihost_utils.sync_global_devices(key)
 
 
-class PointCheckpointer(Checkpointer):
-    """Checkpointer whose orbax manager involves process 0 only (the only writer): orbax's
-    default multi-process barriers would wait for processes that never save."""
-
-    def __init__(self, run_dir):
-        if jax.process_count() == 1:
-            super().__init__(run_dir)
-            return
-        self.run_dir = Path(run_dir).absolute()
-        self.index = self.run_dir / "checkpoints.jsonl"
-        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)  # orbax: create=False
-        opts = ocp.CheckpointManagerOptions(
-            max_to_keep=None, create=False, enable_async_checkpointing=False,
-            multiprocessing_options=ocp.options.MultiprocessingOptions(
-                primary_host=0, active_processes={0}))
-        self.manager = ocp.CheckpointManager(self.run_dir / "checkpoints", options=opts)
-
-
 # ---- a group ----------------------------------------------------------------------------------
 @dataclass
 class Group:
@@ -186,42 +174,6 @@ class Group:
         return cfg, lr, inits_out, thr
 
 
-def write_config(cfg: Config, path: Path) -> None:
-    """config.json: the Config plus the record of which implementation trains it."""
-    from topicdyn.config import RECORD_KEY
-    from topicdyn.models.kernels import record
-
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**cfg.to_dict(), RECORD_KEY: record(cfg)}, indent=2,
-                              sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
-def prepare_point(cfg: Config, run_dir: Path, start: int) -> None:
-    """Make a point's directory resume at `start` (0: fresh): config.json written, files after
-    `start` dropped (metrics, timing, probes, checkpoint index and orbax steps), verdicts
-    removed (rewritten at the end). theory.json is kept."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, run_dir / "config.json")
-    (run_dir / "verdicts.jsonl").unlink(missing_ok=True)
-    files = ("metrics.jsonl", "timing.jsonl", "probes.jsonl", "checkpoints.jsonl")
-    if start == 0:
-        for f in files:
-            (run_dir / f).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        return
-    for f in files:
-        if (run_dir / f).exists():
-            truncate_jsonl(run_dir / f, start)
-    ck = PointCheckpointer(run_dir)
-    try:
-        for s in ck.steps():
-            if s > start:
-                ck.manager.delete(s)
-    finally:
-        ck.close()
-
-
 def _pad(a: np.ndarray, m: int) -> np.ndarray:
     return np.concatenate([a, np.repeat(a[:1], m - len(a), axis=0)]) if m > len(a) else a
 
@@ -237,6 +189,7 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
     cfg, lr, inits, thr = group.program()
     seeds, _, _ = group.member_values()
     M, n_dev = len(seeds), mesh.devices.size
+    check_memory(cfg, M, n_dev)
     Mp = -(-M // n_dev) * n_dev
     seeds = _pad(seeds, Mp)
     state = init_state(cfg, jnp.asarray(seeds), None if inits is None else _pad(inits, Mp))
@@ -266,6 +219,7 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
     bar = _progress_bar(total, start, progress and writer)
     window: list[np.ndarray] = []
     step, t_last, s_last = start, time.perf_counter(), start
+    last_ck = start
     try:
         if start == 0 and writer:
             for c, s in zip(ckpts, slices):
@@ -284,6 +238,7 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
             losses = np.concatenate(window)  # (steps in window, members)
             window = []
             pnorm = to_host(param_norms(cfg)(state.params))
+            _guard(group, step, losses, pnorm, M, last_ck)
             now = time.perf_counter()
             rate = (step - s_last) / max(now - t_last, 1e-9)
             t_last, s_last = now, step
@@ -294,6 +249,7 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
                            "grad_norm": {g: _floats(v[s]) for g, v in last_grad.items()},
                            "param_norm": {g: _floats(np.asarray(v)[s]) for g, v in pnorm.items()}}
                     append_jsonl(d / "metrics.jsonl", row)
+                    crash_point("metrics.written", step)
                     append_jsonl(d / "timing.jsonl", {
                         "step": step, "steps_per_s": rate, "group_members": M,
                         "tokens_per_s": rate * tokens_per_step * n_seeds})
@@ -305,6 +261,7 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
                         c.save(step, jax.tree.map(lambda x, s=s: x[s], host))
                     for h in active:
                         h(step, host, None)
+                last_ck = step
                 barrier("checkpoint")
                 if stop_at is not None and stop_at <= step < total:
                     raise RunInterrupted(f"stopped at step {step}")
@@ -318,23 +275,31 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
                 close()
 
 
-# ---- files ------------------------------------------------------------------------------------
-def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Keep the rows up to last_step (a line cut by an interruption is dropped)."""
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+def _guard(group: Group, step: int, losses: np.ndarray, pnorm: dict, M: int,
+           last_ck: int) -> None:
+    """Stop (Diverged) at a logging point where a member's loss or a parameter group is not
+    finite: nothing of that step is written; diverged.json marks the last good checkpoint."""
+    bad_loss = ~np.isfinite(losses[:, :M]).all(0)
+    bad_groups = {g: ~np.isfinite(np.asarray(v)[:M]) for g, v in pnorm.items()}
+    bad = bad_loss | np.any([b for b in bad_groups.values()], axis=0) if bad_groups else bad_loss
+    if not bad.any():
+        return
+    seeds, _, _ = group.member_values()
+    where = []
+    for d, sl, cfg in zip(group.dirs, group.slices(), group.cfgs):
+        members = np.nonzero(bad[sl])[0]
+        if not len(members):
             continue
-        if row["step"] <= last_step:
-            keep.append(json.dumps(row) + "\n")
-    path.write_text("".join(keep))
-
-
-def append_jsonl(path: Path, row: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+        groups = sorted(g for g, b in bad_groups.items() if b[sl].any())
+        info = {"step": step, "seeds": [int(seeds[sl][i]) for i in members],
+                "non_finite": (["loss"] if bad_loss[sl].any() else []) + groups,
+                "last_good_checkpoint": last_ck}
+        if is_writer():
+            (d / "diverged.json").write_text(json.dumps(info, indent=1) + "\n")
+        where.append(f"{d} (seeds {', '.join(map(str, info['seeds']))}: "
+                     f"{', '.join(info['non_finite'])})")
+    raise Diverged(f"diverged: non-finite values by step {step} in {'; '.join(where)}; last good "
+                   f"checkpoint: step {last_ck} (lower optim.lr or the init scale)")
 
 
 def _floats(a) -> list[float]:

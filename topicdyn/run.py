@@ -7,17 +7,19 @@ its latest checkpoint and ends with the same params and metrics as an uninterrup
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import jax
 
-from topicdyn.checkpoint import Checkpointer
 from topicdyn.config import Config, ConfigError, load_config
 from topicdyn.jsonl import read_jsonl
-from topicdyn.loop import (Group, RunInterrupted, log_steps, member_mesh, param_norms,
-                           prepare_point, train_group, write_config)
+from topicdyn.faults import LOCK_NAME, DirLock
+from topicdyn.loop import Group, RunInterrupted, log_steps, member_mesh, param_norms, train_group
+from topicdyn.memory import check_memory
+from topicdyn.rundir import prepare_point, resume_step, write_config
 
 __all__ = ["RunInterrupted", "check_new_run_dir", "default_run_dir", "log_steps", "param_norms",
            "read_metrics", "train", "write_config"]
@@ -30,24 +32,36 @@ def default_run_dir(cfg: Config, root: str | Path = "runs") -> Path:
 
 def check_new_run_dir(run_dir: Path) -> None:
     """A new run may only go into a missing or empty directory (theory.json may be there)."""
-    if run_dir.exists() and any(p.name != "theory.json" for p in run_dir.iterdir()):
+    if run_dir.exists() and any(p.name not in ("theory.json", LOCK_NAME)
+                                for p in run_dir.iterdir()):
         raise ConfigError(f"out: {run_dir} already holds a run; pass --resume to continue it or "
                           "choose another directory")
 
 
-def _resume_step(cfg: Config, run_dir: Path) -> int:
+def _resume_step(cfg: Config, run_dir: Path, probed: bool) -> int:
+    """The step to continue from (see loop.resume_step); 0 when no checkpoint is usable (killed
+    before step 0 was saved, every one damaged, probe rows missing: a deterministic restart
+    gives the same result), a ConfigError when the recorded checkpoints were deleted."""
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
         raise ConfigError(f"resume: {run_dir} has no config.json to resume from")
     if load_config(run_dir) != cfg:
         raise ConfigError(f"resume: the config differs from the one saved in {cfg_path}; "
                           "resume with the saved config (topicdyn train --resume RUN_DIR)")
-    ck = Checkpointer(run_dir)
-    try:
-        steps = ck.steps()
-    finally:
-        ck.close()
-    return steps[-1] if steps else 0
+    step, gone = resume_step(cfg, run_dir, probed)
+    if step >= 0:
+        return step
+    trained = any(r["step"] > 0 for r in read_jsonl(run_dir / "metrics.jsonl", skip_bad=True))
+    # checkpoint 0's index row is written before the first metrics row: metrics without any
+    # index row means the checkpoints were deleted
+    recorded = read_jsonl(run_dir / "checkpoints.jsonl", skip_bad=True)
+    if gone or (trained and not recorded):
+        raise ConfigError(f"resume: {run_dir} has no intact checkpoint to resume from (its "
+                          "checkpoints were deleted); train it again into a new --out directory")
+    if trained:
+        print(f"resume: no usable checkpoint in {run_dir}; training again from step 0 (the "
+              "result is the same: runs are deterministic)", file=sys.stderr, flush=True)
+    return 0
 
 
 class _RunHook:
@@ -75,15 +89,16 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
     returns (also on errors). With resume=True training continues from the latest checkpoint.
     """
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    if resume:
-        start = _resume_step(cfg, run_dir)
-    else:
+    check_memory(cfg, cfg.train.n_seeds)  # before anything is written
+    if not resume:
         check_new_run_dir(run_dir)
-        start = 0
-    prepare_point(cfg, run_dir, start)
-    hooks = None if on_checkpoint is None else (lambda _p0: [_RunHook(on_checkpoint, run_dir)])
-    train_group(Group([cfg], [run_dir]), member_mesh(jax.devices()[:1]), start, hooks,
-                progress=progress, stop_at=stop_at)
+    with DirLock(run_dir, "resume" if resume else "out"):
+        start = _resume_step(cfg, run_dir, on_checkpoint is not None) if resume else 0
+        prepare_point(cfg, run_dir, start)
+        hooks = None if on_checkpoint is None else (
+            lambda _p0: [_RunHook(on_checkpoint, run_dir)])
+        train_group(Group([cfg], [run_dir]), member_mesh(jax.devices()[:1]), start, hooks,
+                    progress=progress, stop_at=stop_at)
     return run_dir
 
 

@@ -27,6 +27,10 @@ def int_at_least(name: str, value, lo: int) -> None:
     check(is_int(value) and value >= lo, name, f"an integer >= {lo}", value)
 
 
+def int_in(name: str, value, lo: int, hi: int) -> None:
+    check(is_int(value) and lo <= value <= hi, name, f"an integer in [{lo}, {hi}]", value)
+
+
 def prob(name: str, value) -> None:
     check(is_num(value) and 0.0 <= value <= 1.0, name, "a probability in [0, 1]", value)
 

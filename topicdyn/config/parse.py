@@ -8,14 +8,19 @@ import typing
 from pathlib import Path
 
 from topicdyn.config.checks import ConfigError, is_num
-from topicdyn.config.sections import (Config, DataConfig, MaskConfig, ModelConfig, OptimConfig,
-                                      TrainConfig)
+from topicdyn.config.sections import SECTIONS, Config
 
 # config.json's key for the record of which implementation trained the run (run.py writes it)
 RECORD_KEY = "implementation"
 
-_SECTIONS = {"data": DataConfig, "mask": MaskConfig, "model": ModelConfig,
-             "optim": OptimConfig, "train": TrainConfig}
+
+def _json(text: str, name: str):
+    """JSON of an override value; a parse error is one ConfigError naming the field."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        msg = getattr(e, "msg", "too deeply nested")
+        raise ConfigError(f"{name}: not valid JSON ({msg}), got {text!r}") from None
 
 
 def _coerce(tp, value, name: str):
@@ -30,8 +35,8 @@ def _coerce(tp, value, name: str):
         return _coerce(inner[0], value, name)
     if origin is tuple:
         if isinstance(value, str):
-            value = json.loads(value) if value.strip().startswith("[") else \
-                [p for p in value.split(",") if p]
+            value = _json(value, name) if value.strip().startswith("[") else \
+                [p.strip() for p in value.split(",") if p.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name}: must be a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
@@ -77,8 +82,8 @@ def build(cls, d: dict, prefix: str):
         full = f"{prefix}{key}"
         if key not in names:
             raise ConfigError(f"{full}: unknown field; allowed: {', '.join(sorted(names))}")
-        if cls is Config and key in _SECTIONS:
-            kwargs[key] = build(_SECTIONS[key], value, f"{key}.")
+        if cls is Config and key in SECTIONS:
+            kwargs[key] = build(SECTIONS[key], value, f"{key}.")
         else:
             kwargs[key] = _coerce(hints[key], value, full)
     return cls(**kwargs)
@@ -93,15 +98,15 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict) -> Config:
         if len(parts) == 1 and parts[0] == "preset":
             d["preset"] = value
             continue
-        if len(parts) != 2 or parts[0] not in _SECTIONS:
+        if len(parts) != 2 or parts[0] not in SECTIONS:
             raise ConfigError(f"{key}: overrides are SECTION.FIELD=VALUE with SECTION one of "
-                              f"{', '.join(_SECTIONS)}")
+                              f"{', '.join(SECTIONS)}")
         section, name = parts
-        if name not in {f.name for f in dataclasses.fields(_SECTIONS[section])}:
-            allowed = ", ".join(f.name for f in dataclasses.fields(_SECTIONS[section]))
+        if name not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
+            allowed = ", ".join(f.name for f in dataclasses.fields(SECTIONS[section]))
             raise ConfigError(f"{key}: unknown field; allowed in {section}: {allowed}")
-        if isinstance(value, str) and value.strip()[:1] in "[{":
-            value = json.loads(value)
+        if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+            value = _json(value.strip(), key)
         d[section][name] = value
     return Config.from_dict(d)
 

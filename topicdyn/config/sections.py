@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 
-from topicdyn.config.checks import (ConfigError, check, choice, int_at_least, is_int, is_num,
-                                    positive, prob)
+from topicdyn.config.checks import (ConfigError, check, choice, int_in, is_int,
+                                    is_num, positive, prob)
 
+
+# Upper bounds of the sizes (a larger value is refused before anything is allocated; what fits
+# in memory is checked separately before compiling, topicdyn.loop.check_memory)
+MAX_TOPICS, MAX_WORDS, MAX_LENGTH, MAX_BATCH = 4096, 65536, 65536, 2**20
+MAX_WIDTH, MAX_MEMBERS, MAX_CHUNK, MAX_EVAL = 65536, 2**20, 10_000, 100_000
+MAX_STEPS = 2**31 - 1  # the step counter is int32 on device
+PRESET_LABEL = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,63}")
 
 # Special-token ids come after the content words: word index == token id, so topic lookups can
 # never be off by the number of specials (the reference code's labelling bug, BRIEF §5).
@@ -35,8 +43,8 @@ class DataConfig:
     batch_size: int = 40
 
     def __post_init__(self):
-        int_at_least("data.T", self.T, 1)
-        int_at_least("data.v", self.v, 1)
+        int_in("data.T", self.T, 1, MAX_TOPICS)
+        int_in("data.v", self.v, 1, MAX_WORDS)
         choice("data.topic_words", self.topic_words, ("disjoint", "overlap", "zipf", "explicit"))
         check(is_int(self.overlap) and 0 <= self.overlap < self.v, "data.overlap",
               f"an integer in [0, v-1] = [0, {self.v - 1}]", self.overlap)
@@ -58,11 +66,11 @@ class DataConfig:
         check(is_int(self.k) and 1 <= self.k <= self.T, "data.k",
               f"an integer in [1, T] = [1, {self.T}]", self.k)
         choice("data.k_weights", self.k_weights, ("dirichlet", "equal"))
-        int_at_least("data.N_min", self.N_min, 1)
-        check(is_int(self.N_max) and self.N_max >= self.N_min, "data.N_max",
-              f"an integer >= N_min = {self.N_min}", self.N_max)
+        int_in("data.N_min", self.N_min, 1, MAX_LENGTH)
+        check(is_int(self.N_max) and self.N_min <= self.N_max <= MAX_LENGTH, "data.N_max",
+              f"an integer in [N_min = {self.N_min}, {MAX_LENGTH}]", self.N_max)
         check(isinstance(self.start_end, bool), "data.start_end", "true or false", self.start_end)
-        int_at_least("data.batch_size", self.batch_size, 1)
+        int_in("data.batch_size", self.batch_size, 1, MAX_BATCH)
 
     @property
     def V(self) -> int:
@@ -160,8 +168,8 @@ class ModelConfig:
         check(isinstance(self.name, str) and self.name != "", "model.name",
               "a variant name", self.name)
         if self.d_model is not None:
-            int_at_least("model.d_model", self.d_model, 1)
-        int_at_least("model.n_heads", self.n_heads, 1)
+            int_in("model.d_model", self.d_model, 1, MAX_WIDTH)
+        int_in("model.n_heads", self.n_heads, 1, MAX_WIDTH)
         check(is_int(self.n_layers) and 1 <= self.n_layers <= 16, "model.n_layers",
               "an integer in [1, 16]", self.n_layers)
         choice("model.positional", self.positional, ("none", "learned", "sinusoidal"))
@@ -208,7 +216,7 @@ class OptimConfig:
         choice("optim.name", self.name, ("adam", "adamw", "sgd"))
         positive("optim.lr", self.lr)
         choice("optim.schedule", self.schedule, ("constant", "cosine", "warmup_cosine", "linear"))
-        int_at_least("optim.warmup_steps", self.warmup_steps, 0)
+        int_in("optim.warmup_steps", self.warmup_steps, 0, MAX_STEPS)
         for name in ("b1", "b2"):
             v = getattr(self, name)
             check(is_num(v) and 0 <= v < 1, f"optim.{name}", "a number in [0, 1)", v)
@@ -231,7 +239,7 @@ class OptimConfig:
             check(isinstance(g, str), "optim.freeze", "group names", g)
         for g, s in self.unfreeze_at:
             check(isinstance(g, str), "optim.unfreeze_at", "group names", g)
-            check(is_int(s) and s >= 0, "optim.unfreeze_at", "steps >= 0", s)
+            check(is_int(s) and 0 <= s <= MAX_STEPS, "optim.unfreeze_at", "steps >= 0", s)
 
 
 @dataclass(frozen=True)
@@ -250,19 +258,20 @@ class TrainConfig:
     n_eval: int = 80  # documents in the fixed evaluation set (probes, eval-set theory, figures)
 
     def __post_init__(self):
-        int_at_least("train.steps", self.steps, 1)
+        int_in("train.steps", self.steps, 1, MAX_STEPS)
         check(is_int(self.seed) and 0 <= self.seed < 2**31, "train.seed",
               "an integer in [0, 2^31)", self.seed)
-        int_at_least("train.n_seeds", self.n_seeds, 1)
-        int_at_least("train.log_every", self.log_every, 1)
-        int_at_least("train.ckpt_log_points", self.ckpt_log_points, 0)
-        int_at_least("train.ckpt_linear_from", self.ckpt_linear_from, 1)
-        int_at_least("train.ckpt_every", self.ckpt_every, 1)
+        if is_int(self.seed) and 0 <= self.seed < 2**31:  # member seeds seed..seed+n-1 never wrap
+            int_in("train.n_seeds", self.n_seeds, 1, min(MAX_MEMBERS, 2**31 - self.seed))
+        int_in("train.log_every", self.log_every, 1, MAX_STEPS)
+        int_in("train.ckpt_log_points", self.ckpt_log_points, 0, 10_000)
+        int_in("train.ckpt_linear_from", self.ckpt_linear_from, 1, MAX_STEPS)
+        int_in("train.ckpt_every", self.ckpt_every, 1, MAX_STEPS)
         for s in self.ckpt_steps:
             check(is_int(s) and 0 <= s <= self.steps, "train.ckpt_steps",
                   f"steps in [0, steps={self.steps}]", s)
-        int_at_least("train.chunk", self.chunk, 1)
-        int_at_least("train.n_eval", self.n_eval, 1)
+        int_in("train.chunk", self.chunk, 1, MAX_CHUNK)
+        int_in("train.n_eval", self.n_eval, 1, MAX_EVAL)
 
 
 @dataclass(frozen=True)
@@ -275,6 +284,10 @@ class Config:
     preset: str = "custom"
 
     def __post_init__(self):
+        # the preset is a label that becomes part of a default run directory name
+        check(isinstance(self.preset, str) and PRESET_LABEL.fullmatch(self.preset) is not None,
+              "preset", "a label of letters, digits and . _ + - (at most 64, not starting with "
+              "a dot)", self.preset)
         from topicdyn.models import get_variant  # late: models import config
 
         variant = get_variant(self.model.name)  # imports package.module:attr names
@@ -318,3 +331,7 @@ class Config:
         from topicdyn.config.parse import build  # late: parse builds these classes
 
         return build(cls, d, "")
+
+
+SECTIONS = {"data": DataConfig, "mask": MaskConfig, "model": ModelConfig, "optim": OptimConfig,
+            "train": TrainConfig}

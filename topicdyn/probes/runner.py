@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from topicdyn.config import Config
+from topicdyn.faults import crash_point
 from topicdyn.jsonl import read_jsonl
 
 
@@ -74,11 +75,19 @@ class CheckpointProber:
             else:  # resumed run: the reference point is checkpoint 0
                 from topicdyn.checkpoint import load_params
                 self.params0 = jax.device_get(load_params(run_dir or self.path.parent, 0)[0])
-        out = jax.device_get(self.fn(params, self.params0))
+        finite = [bool(np.all([np.isfinite(np.asarray(x)[i]).all()
+                               for x in jax.tree.leaves(params)]))
+                  for i in range(self.cfg.train.n_seeds)]
         row = {"step": int(step)}
-        row.update({k: [float(x) for x in np.atleast_1d(v)] for k, v in sorted(out.items())})
+        if all(finite):
+            out = jax.device_get(self.fn(params, self.params0))
+            row.update({k: [float(x) for x in np.atleast_1d(v)] for k, v in sorted(out.items())})
+        else:  # statistics of non-finite parameters raise (SVD) or mean nothing: say so
+            from topicdyn.claims import NON_FINITE
+            row[NON_FINITE] = [not f for f in finite]
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        crash_point("probe.written", step)
         self.probe_seconds.append(time.perf_counter() - t)
         self.seconds += self.probe_seconds[-1]
         return row
@@ -101,14 +110,16 @@ class CheckpointProber:
     def _check(self):
         if self._error is not None:
             err, self._error = self._error, None
-            raise RuntimeError("probing a checkpoint failed") from err
+            raise err  # as raised in the worker (an OSError stays one, for the CLI's message)
 
-    def close(self):
-        """Wait until every queued checkpoint is probed; raise if one failed."""
+    def close(self, raise_errors: bool = True):
+        """Wait until every queued checkpoint is probed; raise if one failed (unless not
+        raise_errors: closing after another error). Closing twice is harmless."""
         if self._queue is not None and self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
-        self._check()
+        if raise_errors:
+            self._check()
 
 
 def probe_run(run_dir: str | Path, names=None) -> Path:

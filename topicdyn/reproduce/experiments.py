@@ -22,6 +22,7 @@ from pathlib import Path
 
 KEEP0 = ["mask.p_keep=0", "mask.p_replace_mask=0.9", "mask.p_replace_random=0.1"]
 INIT_SCALES = (0.002, 0.02, 0.2, 0.5)
+AUTHORS_FROZEN = ("model.embedding=onehot", "model.decoder=identity")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Experiment:
     overrides: tuple[str, ...]
     title: str
     figures: tuple[str, ...]  # copied into results/figures/<name>/
+    max_seeds: int | None = None  # fewer seeds where only the generic (slow) path is exact
 
 
 CURVES = ("loss.png", "blocks.png")
@@ -56,7 +58,17 @@ EXPERIMENTS = (
                ("loss.png", "attention.png")),
     Experiment("F-keep0", "F", ("model.init_scale=0.02",) + tuple(KEEP0),
                "Regime F, init 0.02, keep probability 0", CURVES + ATTN + ("matrices.png",)),
+    # the authors' trainable set (one-hot E and identity decoder frozen, W^Q, W^K, W^V trained),
+    # on our architecture and on theirs (BRIEF §5): which difference decides the attention bias
+    Experiment("F-authors-frozen", "F", AUTHORS_FROZEN, "Our one-layer model with the authors' "
+               "frozen matrices: one-hot E and identity decoder, W^Q, W^K, W^V trained",
+               ("loss.png",) + ATTN),
+    Experiment("reference-arch", "F", ("model.name=reference",) + AUTHORS_FROZEN,
+               "The authors' BERT-style architecture (reference variant: embedding LayerNorm, "
+               "token-type vector, biased Q/K/V and decoder, PyTorch-default init), one-hot E and "
+               "identity decoder frozen", ("loss.png",) + ATTN, max_seeds=2),
 )
+ARCH_RUNS = ("F", "F-authors-frozen", "reference-arch")
 INIT_RUNS = {0.002: "F-init0.002", 0.02: "F", 0.2: "F-init0.2", 0.5: "F-init0.5"}
 
 
@@ -64,12 +76,12 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-# ---- memoised theory pieces (pure functions of data + masking) ------------------------------
 # ---- one experiment -------------------------------------------------------------------------
 def make_config(exp: Experiment, steps: int, seeds: int, n_ckpt: int):
     from topicdyn.config import preset
 
     # log-spaced checkpoints over the whole run: the dynamics plots use a log step axis
+    seeds = min(seeds, exp.max_seeds or seeds)
     sched = [f"train.steps={steps}", f"train.n_seeds={seeds}",
              f"train.ckpt_log_points={n_ckpt}", f"train.ckpt_linear_from={steps}",
              f"train.ckpt_every={steps}", "train.log_every=50"]

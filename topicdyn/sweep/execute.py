@@ -22,7 +22,6 @@ from typing import Callable
 import numpy as np
 
 from topicdyn.config import ConfigError, load_config
-from topicdyn.jsonl import read_jsonl
 from topicdyn.sweep.spec import Point, Spec, group_points
 
 
@@ -39,13 +38,10 @@ def point_state(spec: Spec, p: Point) -> dict:
     if saved != p.cfg:
         raise ConfigError(f"point {p.name}: {d} holds a run with a different config; remove it "
                           f"or give the sweep another out directory")
-    ck = sorted({r["step"] for r in read_jsonl(d / "checkpoints.jsonl", skip_bad=True)})
-    probed = {r["step"] for r in read_jsonl(d / "probes.jsonl", skip_bad=True)}
-    resume = -1
-    for s in ck:  # latest checkpoint with every earlier checkpoint probed
-        if spec.probes and s not in probed:
-            break
-        resume = s
+    from topicdyn.rundir import resume_step
+
+    # the latest intact checkpoint with every earlier one probed; -1: the point starts again
+    resume, _ = resume_step(p.cfg, d, spec.probes)
     last = p.cfg.train.steps
     done = resume == last and (not spec.probes or ((d / "verdicts.jsonl").exists()
                                                     and (d / "theory.json").exists()))
@@ -93,8 +89,20 @@ def _field(cfg, dotted: str):
     return getattr(getattr(cfg, section), name)
 
 
-def run_sweep(spec: Spec, *, progress: bool = True, stop_at: int | None = None,
-              log: Callable[[str], None] | None = None, mesh=None) -> dict:
+def run_sweep(spec: Spec, **kw) -> dict:
+    """Train every pending point of the spec, then write the summary and figures (see
+    _run_sweep); the sweep directory is locked against a second writer meanwhile."""
+    from topicdyn.faults import DirLock
+    from topicdyn.loop import is_writer
+
+    if not is_writer():
+        return _run_sweep(spec, **kw)
+    with DirLock(spec.out, "out"):
+        return _run_sweep(spec, **kw)
+
+
+def _run_sweep(spec: Spec, *, progress: bool = True, stop_at: int | None = None,
+               log: Callable[[str], None] | None = None, mesh=None) -> dict:
     """Train every pending point of the spec, then write the summary and figures.
 
     Returns {"devices", "groups", "points": {name: "skipped" | "trained from <step>" |
@@ -102,8 +110,9 @@ def run_sweep(spec: Spec, *, progress: bool = True, stop_at: int | None = None,
     that step (tests)."""
     import jax
 
-    from topicdyn.loop import (Group, barrier, broadcast, is_writer, member_mesh, prepare_point,
-                               train_group)
+    from topicdyn.loop import Group, barrier, broadcast, is_writer, member_mesh, train_group
+    from topicdyn.memory import check_memory
+    from topicdyn.rundir import prepare_point
 
     writer = is_writer()
     log = (log or (lambda s: print(s, flush=True))) if writer else (lambda s: None)
@@ -115,6 +124,10 @@ def run_sweep(spec: Spec, *, progress: bool = True, stop_at: int | None = None,
             g["start"] = None if s == -1 else "judge" if s == -2 else int(s)
             if g["start"] is None:
                 g["pending"] = []
+    for g in groups:  # refuse a group that cannot fit before any directory is touched
+        if g["pending"] and g["start"] != "judge":
+            check_memory(Group([p.cfg for p in g["pending"]], []).program()[0],
+                         len(g["pending"]) * spec.seeds, mesh.devices.size)
     if writer:
         _write_sweep_json(spec, groups, mesh.devices.size)
     n_dev = mesh.devices.size
