@@ -117,9 +117,11 @@ def test_damaged_files_are_repaired_or_skipped_on_resume(reference, tmp_path):
     steps = lambda f: {json.loads(x)["step"] for x in (run / f).read_text().splitlines()}  # noqa
     latest = max(steps("checkpoints.jsonl") & steps("probes.jsonl"))  # where a resume starts
     assert latest > 0
-    for f in ("metrics.jsonl", "checkpoints.jsonl", "probes.jsonl"):
+    for f in ("metrics.jsonl", "checkpoints.jsonl", "probes.jsonl", "timing.jsonl"):
         with (run / f).open("a") as fh:
             fh.write('{"step": 3')  # a torn last line
+    (run / "theory.json").write_text('{"bayes": {"loss": ')  # cut: computed again
+    (run / "verdicts.jsonl").write_text("garbage\n")  # rewritten at the end of a run
     # that checkpoint damaged on disk: its bytes no longer match the hash
     damaged = max((p for p in (run / "checkpoints" / str(latest)).rglob("*") if p.is_file()),
                   key=lambda p: p.stat().st_size)
