@@ -128,10 +128,10 @@ class Checkpointer:
         except OSError:
             raise
         except Exception as e:  # noqa: BLE001 - orbax wraps I/O errors (disk full) in others
-            io = _os_error(e)
-            if io is not None:  # named after the checkpoint being written
-                raise OSError(io.errno, io.strerror,
-                              io.filename or str(self.run_dir / "checkpoints" / str(step))) from e
+            cause = _os_error(e)
+            if cause is not None:  # named after the checkpoint being written
+                raise OSError(cause.errno, cause.strerror, cause.filename
+                              or str(self.run_dir / "checkpoints" / str(step))) from e
             raise
         crash_point("checkpoint.saved", step)
         with self.index.open("a") as f:
@@ -150,12 +150,6 @@ class Checkpointer:
                                 {"params": like.params, "opt_state": like.opt_state})
         got = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
         return type(like)(got["params"], got["opt_state"])
-
-    def truncate_index(self, last_step: int) -> None:
-        """Drop index rows after `last_step` (a resumed run re-saves them)."""
-        if self.index.exists():
-            rows = [r for r in read_jsonl(self.index) if r["step"] <= last_step]
-            self.index.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def close(self):
         self.manager.close()

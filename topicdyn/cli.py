@@ -153,9 +153,8 @@ def _write_theory(cfg: Config, run_dir: Path, refresh: bool = False) -> None:
     print("computing theory predictions for this config ...", flush=True)
     pred = run_predictions(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(pred, indent=1) + "\n")
-    tmp.replace(path)
+    from topicdyn.jsonl import write_atomic
+    write_atomic(path, json.dumps(pred, indent=1) + "\n")
 
 
 def _print_verdicts(run_dir: Path) -> None:
@@ -319,9 +318,8 @@ def _publish(spec, dest: Path) -> int:
         (dest / old).unlink(missing_ok=True)
     for f in files:
         shutil.copy2(f, dest / f.name)
-    tmp = manifest.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"files": sorted(names)}, indent=1) + "\n")
-    tmp.replace(manifest)
+    from topicdyn.jsonl import write_atomic
+    write_atomic(manifest, json.dumps({"files": sorted(names)}, indent=1) + "\n")
     print(f"published {len(files)} files to {dest} (manifest {manifest.name})")
     return 0
 

@@ -36,3 +36,17 @@ def read_jsonl(path: str | Path, skip_bad: bool = False) -> list[dict]:
                               "topicdyn train --resume on the run drops it and redoes its step")
         rows.append(row)
     return rows
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    """Append one row (one line: an interruption can tear only the last line)."""
+    with Path(path).open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text aside, then rename it over path: a reader (or a kill) sees old or new."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

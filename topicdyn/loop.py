@@ -33,10 +33,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from topicdyn.checkpoint import checkpoint_steps
-from topicdyn.faults import crash_point
-from topicdyn.memory import check_memory
-from topicdyn.rundir import PointCheckpointer, append_jsonl
 from topicdyn.config import Config
+from topicdyn.faults import crash_point
+from topicdyn.jsonl import append_jsonl
+from topicdyn.rundir import PointCheckpointer
 from topicdyn.training import TrainState, group_norms, init_state, make_chunk_fn
 
 AXIS = "members"
@@ -188,8 +188,7 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
     stop_at: raise RunInterrupted after the checkpoint at that step (tests)."""
     cfg, lr, inits, thr = group.program()
     seeds, _, _ = group.member_values()
-    M, n_dev = len(seeds), mesh.devices.size
-    check_memory(cfg, M, n_dev)
+    M, n_dev = len(seeds), mesh.devices.size  # callers ran memory.check_memory beforehand
     Mp = -(-M // n_dev) * n_dev
     seeds = _pad(seeds, Mp)
     state = init_state(cfg, jnp.asarray(seeds), None if inits is None else _pad(inits, Mp))
@@ -281,12 +280,14 @@ def _guard(group: Group, step: int, losses: np.ndarray, pnorm: dict, M: int,
     finite: nothing of that step is written; diverged.json marks the last good checkpoint."""
     bad_loss = ~np.isfinite(losses[:, :M]).all(0)
     bad_groups = {g: ~np.isfinite(np.asarray(v)[:M]) for g, v in pnorm.items()}
-    bad = bad_loss | np.any([b for b in bad_groups.values()], axis=0) if bad_groups else bad_loss
+    bad = bad_loss.copy()
+    for b in bad_groups.values():
+        bad |= b
     if not bad.any():
         return
     seeds, _, _ = group.member_values()
     where = []
-    for d, sl, cfg in zip(group.dirs, group.slices(), group.cfgs):
+    for d, sl in zip(group.dirs, group.slices()):
         members = np.nonzero(bad[sl])[0]
         if not len(members):
             continue

@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 
 from topicdyn.checkpoint import Checkpointer
 from topicdyn.config import Config
+from topicdyn.jsonl import read_jsonl, write_atomic
 
 
 class PointCheckpointer(Checkpointer):
@@ -44,10 +45,8 @@ def write_config(cfg: Config, path: Path) -> None:
     from topicdyn.config import RECORD_KEY
     from topicdyn.models.kernels import record
 
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**cfg.to_dict(), RECORD_KEY: record(cfg)}, indent=2,
-                              sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps({**cfg.to_dict(), RECORD_KEY: record(cfg)}, indent=2,
+                                  sort_keys=True) + "\n")
 
 
 def prepare_point(cfg: Config, run_dir: Path, start: int) -> None:
@@ -86,7 +85,6 @@ def resume_step(cfg: Config, run_dir: Path, probed: bool, warn=None) -> tuple[in
     have a probes row. The latest qualifying step is read back and its content hash checked; a
     damaged one is skipped (warn(message)) for the one before."""
     from topicdyn.checkpoint import CheckpointError, load_params
-    from topicdyn.jsonl import read_jsonl
 
     warn = warn or (lambda m: print(m, file=sys.stderr, flush=True))
     index = {r["step"]: r.get("sha256") for r in
@@ -108,7 +106,7 @@ def resume_step(cfg: Config, run_dir: Path, probed: bool, warn=None) -> tuple[in
     for s in reversed(ok):
         try:
             load_params(run_dir, s, verify=True)
-            return s, True
+            return s, False
         except CheckpointError as e:
             warn(f"warning: {e}; resuming from the checkpoint before it")
     # nothing to continue from: the run starts again from step 0 (exact: it is deterministic)
@@ -119,17 +117,8 @@ def resume_step(cfg: Config, run_dir: Path, probed: bool, warn=None) -> tuple[in
 def truncate_jsonl(path: Path, last_step: int) -> None:
     """Keep the rows up to last_step, in step order, one per step; torn or damaged lines (an
     interruption, a bad disk) are dropped. Written aside, then renamed over the file."""
-    from topicdyn.jsonl import read_jsonl
-
     rows = {}
     for row in read_jsonl(path, skip_bad=True):
         if isinstance(row.get("step"), int) and row["step"] <= last_step:
             rows.setdefault(row["step"], row)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(rows[s]) + "\n" for s in sorted(rows)))
-    tmp.replace(path)
-
-
-def append_jsonl(path: Path, row: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+    write_atomic(path, "".join(json.dumps(rows[s]) + "\n" for s in sorted(rows)))

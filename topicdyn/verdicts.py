@@ -21,6 +21,7 @@ import numpy as np
 
 from topicdyn.claims import NOT_APPLICABLE, Judging, judge_all, mean_sd, t50, traits_for  # noqa: F401
 from topicdyn.config import Config
+from topicdyn.theory.cache import memoized
 from topicdyn.models.variant import (BAG_OF_WORDS, CAUSAL, LINEAR_READOUT, MLM, PAPER_STAGE2,
                                      TRAINED_EMBEDDING, TRAINED_VALUE)
 
@@ -32,8 +33,10 @@ def _applies_linear(cfg: Config, traits) -> bool:
         traits & {TRAINED_EMBEDDING, TRAINED_VALUE}) and cfg.d_model >= cfg.data.n_vocab
 
 
+@memoized(("data", "mask", "model", "train"))  # the optimiser never enters the theory
 def run_predictions(cfg: Config, n_docs: int = 4000, n_batches: int = 50, seed: int = 0) -> dict:
-    """JSON-able theory predictions for this config (see module doc); ~10-30 s on a CPU."""
+    """JSON-able theory predictions for this config (see module doc); ~10-30 s on a CPU the
+    first time, shared by every config with the same content (theory.cache)."""
     import jax
 
     from topicdyn.probes import eval_batch

@@ -50,21 +50,15 @@ def _coerce(tp, value, name: str):
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
             return value.lower() in ("true", "1")
         raise ConfigError(f"{name}: must be true or false, got {value!r}")
+    if tp in (int, float) and isinstance(value, str):
+        try:
+            return tp(value)
+        except ValueError:
+            what = "an integer" if tp is int else "a number"
+            raise ConfigError(f"{name}: must be {what}, got {value!r}") from None
     if tp is int:
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                raise ConfigError(f"{name}: must be an integer, got {value!r}") from None
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        return value
+        return int(value) if isinstance(value, float) and value.is_integer() else value
     if tp is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise ConfigError(f"{name}: must be a number, got {value!r}") from None
         return float(value) if is_num(value) else value
     if tp is str:
         return str(value) if not isinstance(value, str) else value

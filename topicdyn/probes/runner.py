@@ -4,7 +4,6 @@ probes.jsonl holds one row per checkpoint: {"step": s, "probe/stat": [one value 
 """
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
@@ -15,7 +14,7 @@ import numpy as np
 
 from topicdyn.config import Config
 from topicdyn.faults import crash_point
-from topicdyn.jsonl import read_jsonl
+from topicdyn.jsonl import append_jsonl, read_jsonl
 
 
 class CheckpointProber:
@@ -75,18 +74,18 @@ class CheckpointProber:
             else:  # resumed run: the reference point is checkpoint 0
                 from topicdyn.checkpoint import load_params
                 self.params0 = jax.device_get(load_params(run_dir or self.path.parent, 0)[0])
-        finite = [bool(np.all([np.isfinite(np.asarray(x)[i]).all()
-                               for x in jax.tree.leaves(params)]))
-                  for i in range(self.cfg.train.n_seeds)]
+        n = self.cfg.train.n_seeds
+        finite = np.ones(n, bool)
+        for x in jax.tree.leaves(params):  # per seed (the leading axis of every leaf)
+            finite &= np.isfinite(np.asarray(x).reshape(n, -1)).all(1)
         row = {"step": int(step)}
         if all(finite):
             out = jax.device_get(self.fn(params, self.params0))
             row.update({k: [float(x) for x in np.atleast_1d(v)] for k, v in sorted(out.items())})
         else:  # statistics of non-finite parameters raise (SVD) or mean nothing: say so
             from topicdyn.claims import NON_FINITE
-            row[NON_FINITE] = [not f for f in finite]
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            row[NON_FINITE] = [bool(not f) for f in finite]
+        append_jsonl(self.path, row)
         crash_point("probe.written", step)
         self.probe_seconds.append(time.perf_counter() - t)
         self.seconds += self.probe_seconds[-1]

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from topicdyn.config import ConfigError, load_config
+from topicdyn.jsonl import write_atomic
 from topicdyn.sweep.spec import Point, Spec, group_points
 
 
@@ -188,18 +189,15 @@ def _write_sweep_json(spec: Spec, groups: list[dict], n_dev: int) -> None:
            "devices": n_dev,
            "points": [{"name": p.name, "values": p.values} for p in spec.points],
            "groups": [[p.name for p in g["points"]] for g in groups]}
-    tmp = spec.out / "sweep.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    tmp.replace(spec.out / "sweep.json")
+    write_atomic(spec.out / "sweep.json", json.dumps(doc, indent=1, default=str) + "\n")
 
 
 def _write_theory(spec: Spec, points: list[Point], dirs: list[Path], log) -> None:
-    """theory.json per point: computed once per distinct config (lr and init scale do not enter
-    the theory; the masking does, and the evaluation documents depend on train.seed)."""
-    from topicdyn.sweep.spec import program_key
+    """theory.json per point: computed once per distinct theory content (run_predictions is
+    memoised by the theory package: lr and init scale do not enter it; the masking does, and
+    the evaluation documents depend on train.seed)."""
     from topicdyn.verdicts import run_predictions
 
-    cache: dict = {}
     for p, d in zip(points, dirs):
         path = d / "theory.json"
         if path.exists():
@@ -207,15 +205,9 @@ def _write_theory(spec: Spec, points: list[Point], dirs: list[Path], log) -> Non
         if not spec.theory:
             pred = {"loss": p.cfg.model.loss, "note": "theory skipped (sweep spec theory=false)"}
         else:
-            # program_key evens out the mask probabilities (they share a program), not the theory
-            key = (program_key(p.cfg), p.cfg.train.seed, p.cfg.mask)
-            if key not in cache:
-                log(f"  theory predictions for {p.name} ...")
-                cache[key] = run_predictions(p.cfg)
-            pred = cache[key]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(pred, indent=1) + "\n")
-        tmp.replace(path)
+            log(f"  theory predictions for {p.name} ...")
+            pred = run_predictions(p.cfg)
+        write_atomic(path, json.dumps(pred, indent=1) + "\n")
 
 
 def _prober_factory(spec: Spec, group) -> Callable:

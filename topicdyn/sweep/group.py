@@ -4,7 +4,6 @@ The group's training loop itself is topicdyn.loop (shared with single runs).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import jax
 import numpy as np
 
 from topicdyn.config import Config
+from topicdyn.jsonl import append_jsonl
 from topicdyn.probes.runner import CheckpointProber
 
 
@@ -34,6 +34,5 @@ class GroupProber(CheckpointProber):
             row = {"step": int(step)}
             row.update({k: [float(x) for x in np.atleast_1d(v)[lo:hi]]
                         for k, v in sorted(out.items())})
-            with (Path(d) / "probes.jsonl").open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_jsonl(Path(d) / "probes.jsonl", row)
         self.seconds += time.perf_counter() - t
