@@ -112,7 +112,9 @@ def test_sigkill_from_outside_at_a_timed_instant(reference, tmp_path, fraction):
 def test_damaged_files_are_repaired_or_skipped_on_resume(reference, tmp_path):
     _, want, _ = reference
     run = tmp_path / "run"
-    r = _cli("train", "--out", str(run), *TINY, env={"TOPICDYN_CRASH_AT": "metrics.written:30"})
+    # killed once step 20's probe row is written (the prober runs beside training: a kill at a
+    # training step may come before any probe row)
+    r = _cli("train", "--out", str(run), *TINY, env={"TOPICDYN_CRASH_AT": "probe.written:20"})
     assert r.returncode == -signal.SIGKILL
     steps = lambda f: {json.loads(x)["step"] for x in (run / f).read_text().splitlines()}  # noqa
     latest = max(steps("checkpoints.jsonl") & steps("probes.jsonl"))  # where a resume starts
@@ -120,7 +122,7 @@ def test_damaged_files_are_repaired_or_skipped_on_resume(reference, tmp_path):
     for f in ("metrics.jsonl", "checkpoints.jsonl", "probes.jsonl", "timing.jsonl"):
         with (run / f).open("a") as fh:
             fh.write('{"step": 3')  # a torn last line
-    (run / "theory.json").write_text('{"bayes": {"loss": ')  # cut: computed again
+    (run / "theory.json").write_text('{"floors": {"bayes/query": ')  # cut: computed again
     (run / "verdicts.jsonl").write_text("garbage\n")  # rewritten at the end of a run
     # that checkpoint damaged on disk: its bytes no longer match the hash
     damaged = max((p for p in (run / "checkpoints" / str(latest)).rglob("*") if p.is_file()),

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from topicdyn.config import preset
-from topicdyn.probes.stats import (attention_stats, block_stats, reference_topic_labels,
-                                   stable_rank)
+from topicdyn.probes.reference_stat import reference_batch, reference_labels, reference_stats
+from topicdyn.probes.stats import attention_stats, block_stats, stable_rank
 from topicdyn.verdicts import judge, t50
 
 
@@ -37,12 +37,70 @@ def test_stable_rank_closed_form():
     assert abs(float(stable_rank(jnp.asarray(M))) - (9 + 4 + 1) / 9) < 1e-4
 
 
-def test_reference_labelling_reproduces_the_bug():
+def _authors_statistic(docs, attn, cut=100):
+    """The authors' compare_topic_and_non_topic_attention as loops, in their vocabulary: docs
+    are lists of their token ids (PAD 0, MASK 1, START 2, END 3, word w -> w + 4), attn[b] the
+    head-averaged (n, n) attention of document b; the topic table is {w: w // v} over word
+    indices w < V, looked up with the token id."""
     V, v = 100, 10
-    lab = reference_topic_labels(V, v)
-    correct = np.arange(V) // v
-    assert abs(np.mean(lab[:V] != correct) - 0.4) < 1e-12  # BRIEF §5: 40% wrong
-    assert lab[V + 1] == 0  # START counts as a topic-0 word
+    table = {w: w // v for w in range(V)}
+    cats = {"same": [], "topic": [], "non": []}
+    for b, doc in enumerate(docs):
+        doc = doc[:cut]
+        for i, ti in enumerate(doc):
+            for j, tj in enumerate(doc):
+                a = attn[b][i, j] * len(doc) / cut
+                if i == j or ti == tj:
+                    cats["same"].append(a)
+                elif ti not in table or tj not in table:
+                    continue
+                elif table[ti] == table[tj]:
+                    cats["topic"].append(a)
+                else:
+                    cats["non"].append(a)
+    return {k: np.mean(x) for k, x in cats.items()}
+
+
+def test_reference_statistic_matches_the_authors_loops():
+    cfg = preset("F")
+    d = cfg.data
+    assert (d.V, d.v) == (100, 10) and d.start_end
+    lab = reference_labels(cfg)
+    words = np.arange(d.V)
+    assert abs(np.mean(lab[:d.V] != words // d.v) - 0.4) < 1e-12  # BRIEF §5: 40% wrong or none
+    assert np.all(lab[d.V - 4:d.V] == -1) and lab[d.START] == 0 and lab[d.END] == 0
+    rng = np.random.default_rng(3)
+    B, L = 3, d.N_max + 2
+    lengths = [L - 2, 40, 7]  # words per document
+    inputs = np.full((B, L), d.PAD)
+    valid = np.zeros((B, L), bool)
+    for b, n in enumerate(lengths):
+        w = rng.choice(np.r_[rng.integers(0, d.V, n), np.arange(d.V - 4, d.V)], n)
+        inputs[b, :n + 2] = np.r_[d.START, w, d.END]
+        valid[b, :n + 2] = True
+    from topicdyn.masking import MLMBatch
+    z = np.zeros((B, L), bool)
+    batch = MLMBatch(inputs, inputs, z, valid, z.astype(int), z.astype(int) - 1,
+                     np.zeros((B, d.T)), valid)
+    rb = reference_batch(cfg, batch)
+    theirs = {d.PAD: 0, d.MASK: 1, d.START: 2, d.END: 3}
+    docs = []
+    for b, n in enumerate(lengths):
+        doc = [theirs.get(t, t + 4) for t in inputs[b, :n + 1]]  # START + words but the last
+        docs.append(doc)
+        assert int(rb.valid[b].sum()) == min(len(doc), 100)
+    Lr = rb.inputs.shape[1]
+    logits = rng.normal(size=(B, 2, Lr, Lr)) * 2
+    ok = np.asarray(rb.valid)
+    a = np.exp(logits) * ok[:, None, None, :]
+    a /= a.sum(-1, keepdims=True)
+    want = _authors_statistic(docs, [a[b].mean(0) for b in range(B)])
+    got = reference_stats(jnp.asarray(a), jnp.asarray(rb.inputs), jnp.asarray(ok),
+                          jnp.asarray(lab))
+    np.testing.assert_allclose(float(got["same_token"]), want["same"], rtol=1e-4)
+    np.testing.assert_allclose(float(got["same_topic"]), want["topic"], rtol=1e-4)
+    np.testing.assert_allclose(float(got["cross_topic"]), want["non"], rtol=1e-4)
+    np.testing.assert_allclose(float(got["ratio"]), want["topic"] / want["non"], rtol=1e-4)
 
 
 def test_attention_stats_brute_force():

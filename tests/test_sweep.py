@@ -172,11 +172,11 @@ def test_mask_probabilities_on_member_axis_equal_single_runs(tmp_path):
         probe_run(single)
         got, want = read_probes(spec.point_dir(p)), read_probes(single)
         assert [r["step"] for r in got] == [r["step"] for r in want]
-        for k in ("loss/eval_loss", "loss/bayes_loss", "attention/ratio_all"):
+        for k in ("loss/eval_loss", "loss/bayes_query", "loss/pop_loss", "attention/ratio_all"):
             np.testing.assert_allclose(got[-1][k], want[-1][k], rtol=1e-4, err_msg=k)
     # each point's theory is its own masking's (the Bayes floor moves with p_mask and p_keep)
-    floors = {json.loads((spec.point_dir(p) / "theory.json").read_text())["bayes"]["loss"]
-              for p in spec.points}
+    floors = {json.loads((spec.point_dir(p) / "theory.json").read_text())["floors"][
+        "bayes/query"]["loss"] for p in spec.points}
     assert len(floors) == 3
     # the members really train on differently masked batches (at step 1 a small-init model's
     # loss does not yet tell [MASK] from a kept token: compare whole trajectories)
@@ -234,7 +234,7 @@ def test_resume_skips_finished_and_resumes_interrupted(tmp_path):
     assert (res / "verdicts.jsonl").exists() and (res / "theory.json").exists()
     rows = read_summary(out)
     assert [r["point"] for r in rows] == ["T=2", "T=3"]
-    assert rows[1]["theory/bayes_loss"] > 0 and "blocks/value_gap" in rows[1]
+    assert rows[1]["theory/bayes/query"] > 0 and "blocks/value_gap" in rows[1]
     assert rows[1]["final_loss"] == read_metrics(ref)[-1]["loss"][0]
     assert any(f.suffix == ".png" for f in (out / "figures").iterdir())
     assert run_sweep(spec, **quiet)["points"] == {"T=2": "skipped", "T=3": "skipped"}

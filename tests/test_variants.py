@@ -151,10 +151,12 @@ def test_variant_end_to_end_through_cli(tmp_path, capsys, overrides, na_claim, j
     if "mask.objective=causal" in overrides:
         assert [c["claim"] for c in last["claims"] if c["verdict"] != "not applicable"] == [
             "excess loss over the Bayes floor"]
-        floor = json.loads((out / "theory.json").read_text())["bayes"]
-        assert floor["assumptions"]["conditioning"].startswith("the clean prefix")
+        theory = json.loads((out / "theory.json").read_text())
+        assert theory["floor_assumptions"]["conditioning"].startswith("the clean prefix")
+        assert set(theory["floors"]) == {"bayes/prefix"}
+        assert theory["reachable_floor"]["name"] == "bayes/prefix"
         probes = json.loads((out / "probes.jsonl").read_text().splitlines()[-1])
-        assert np.all(np.asarray(probes["loss/bayes_loss"]) > 0)
+        assert np.all(np.asarray(probes["loss/bayes_prefix"]) > 0)
     assert (out / "report.md").exists()
     assert "not applicable" in (out / "report.md").read_text()
 

@@ -19,14 +19,15 @@ import pytest
 import topicdyn.probes as probes
 from topicdyn.config import preset
 from topicdyn.models import get_model
-from topicdyn.probes import (make_context, make_prober, probe_attention, probe_attention_generic,
-                             probe_loss, probe_loss_generic)
+from topicdyn.probes import (floor_names, make_context, make_prober, probe_attention_generic,
+                             probe_loss_generic)
 from topicdyn.probes import vocab as vocab_probes
 
 # compile time dominates: classic emitters, no backend optimisation (same float32 arithmetic)
 FAST = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
 
-SMALL = ["data.T=4", "data.v=5", "data.N_min=10", "data.N_max=20", "train.n_eval=12"]
+SMALL = ["data.T=4", "data.v=5", "data.N_min=10", "data.N_max=20", "train.n_eval=12",
+         "train.n_pop_eval=200"]
 
 CASES = {
     "A": ("A", []),
@@ -78,6 +79,14 @@ def _compare(want, got, what):
                                    err_msg=f"{what} {k}")
 
 
+def probe_attention(p, p0, ctx):
+    return vocab_probes.probe_attention(p, ctx)
+
+
+def probe_loss(p, p0, ctx):
+    return vocab_probes.probe_loss(p, ctx)
+
+
 def _both(fast_fn, generic_fn, ctx_v, ctx_g, p, p0):
     run = jax.jit(lambda p, p0: (fast_fn(p, p0, ctx_v), generic_fn(p, p0, ctx_g)),
                   compiler_options=FAST)
@@ -94,11 +103,11 @@ def test_vocab_probes_equal_generic(case):
     # the statistics are not degenerate: attention far from uniform, a loss well above 0
     assert want["kl_uniform"] > 1e-3 or cfg.model.name == "embedding_only" or \
         cfg.model.attention == "uniform"
-    assert {"ratio", "ref_ratio", "same_topic_all", "ref_kl_uniform"} <= set(want)
+    assert {"ratio", "ratio_all", "same_topic_all", "kl_uniform"} <= set(want)
     got, want = _both(probe_loss, probe_loss_generic, ctx_v, ctx_g, p, p0)
     _compare(want, got, f"{case} loss")
     assert want["eval_loss"] > 0.5
-    assert ctx_v.bayes_logp is None or {"kl_bayes", "bayes_loss"} <= set(want)
+    assert ctx_v.bayes_logp is None or {"kl_bayes", *floor_names(cfg)} <= set(want)
 
 
 @pytest.mark.parametrize("case", ["A", "emb-only-residual"])
@@ -113,8 +122,7 @@ def test_documents_without_keys(case):
     sel = np.where(row < 2, content, np.asarray(b.selected))
     keys = np.where(row == 0, False, np.where(row == 1, valid & ~content, np.asarray(b.key_mask)))
     batch = b._replace(selected=jnp.asarray(sel), key_mask=jnp.asarray(keys))
-    vc = vocab_probes.prepare(cfg, batch, np.asarray(ctx_v.labels), np.asarray(ctx_v.ref_labels),
-                              None)
+    vc = vocab_probes.prepare(cfg, batch, np.asarray(ctx_v.labels), None)
     ctx_v = dataclasses.replace(ctx_v, batch=batch, bayes_logp=None, vocab=vc)
     ctx_g = dataclasses.replace(ctx_v, vocab=None)
     p, p0 = _params(cfg, 2)

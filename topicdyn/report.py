@@ -53,13 +53,24 @@ def measured(c: dict, n_seeds: int) -> str:
     return fmt(c["measured"])
 
 
+def _with_se(text: str, se) -> str:
+    return text + (f" (s.e. {fmt(se, 2)})" if se else "")
+
+
 def claims_table(claims: list[dict], n_seeds: int, how: bool = True) -> str:
-    """claim | paper's statement | predicted | measured mean ± sd | verdict [| tolerance / how]."""
-    head = ["claim", "paper's statement", "predicted", f"measured (mean ± sd, {n_seeds} seed"
-            f"{'s' if n_seeds > 1 else ''})", "verdict"] + (["tolerance / how"] if how else [])
+    """claim | paper's statement | predicted (s.e.) | measured mean ± sd (s.e.) | basis |
+    eval set: predicted / measured | verdict [| tolerance / how]."""
+    head = ["claim", "paper's statement", "predicted (MC s.e.)", f"measured (mean ± sd, "
+            f"{n_seeds} seed{'s' if n_seeds > 1 else ''}; s.e.)", "basis",
+            "eval set: predicted / measured", "verdict"] + (["tolerance / how"] if how else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in claims:
-        row = [c["claim"], c["paper"], fmt(c["predicted"]), measured(c, n_seeds),
+        pair = "-"
+        if c.get("measured_eval") is not None:
+            pair = f"{fmt(c.get('predicted_eval'))} / {fmt(c['measured_eval'])}"
+        basis = (c.get("basis") or "-") + (f"; floor `{c['floor']}`" if c.get("floor") else "")
+        row = [c["claim"], c["paper"], _with_se(fmt(c["predicted"]), c.get("predicted_se")),
+               _with_se(measured(c, n_seeds), c.get("measured_se")), basis, pair,
                f"**{c['verdict']}**"]
         if how:
             tol = f"tolerance {fmt(c['tolerance'], 3)}; " if c.get("tolerance") else ""
@@ -93,10 +104,12 @@ def last_claims(run_dir: str | Path) -> tuple[int, list[dict]]:
 def assumptions_summary(theory: dict) -> list[str]:
     """Bullet lines: each theory block's assumptions, shared entries listed once."""
     out, seen = [], {}
-    for block, title in (("bayes", "Bayes floor"), ("uniform_attention",
-                                                     "uniform-attention optimum (V/E/F stage 1)"),
+    floors = {"assumptions": theory["floor_assumptions"]} if "floor_assumptions" in theory \
+        else None
+    for block, title in (("floors", "Bayes floors"), ("uniform_attention",
+                                                      "uniform-attention optimum (V/E/F stage 1)"),
                          ("attention", "regime-A optimum")):
-        b = theory.get(block)
+        b = floors if block == "floors" else theory.get(block)
         if not b or "assumptions" not in b:
             continue
         items = []
@@ -149,8 +162,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     lines += ["", f"## Claims at the last checkpoint (step {step})", "",
               claims_table(claims, n), "",
               "Verdicts: *pass* / *fail* / *not yet converged* (a failing value that still "
-              "moved by more than a fifth of its tolerance since the previous checkpoint); *reported*: "
-              "a distance shown for information, not a claim. "
+              "moved by more than a fifth of its tolerance since the previous checkpoint); "
+              "*not decidable here*: the tolerance admits every plausible value, so the test "
+              "could not fail; *reported*: a distance shown for information, not a claim. "
+              "Predictions are population values with their Monte Carlo s.e.; *basis* says "
+              "what the measured value is (the model's population estimate on "
+              f"{cfg.train.n_pop_eval} fresh documents, or the fixed evaluation set of "
+              f"{cfg.train.n_eval}); the eval-set column is the paired comparison on the fixed "
+              "evaluation documents. "
               "Every checkpoint's verdicts are in `verdicts.jsonl`; probe values in "
               "`probes.jsonl`.", ""]
     fig_dir = run_dir / "figures"

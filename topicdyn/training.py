@@ -23,7 +23,7 @@ from topicdyn.models import variant as protocol
 from topicdyn.xla import compile_options
 
 # independent random streams derived from one seed
-INIT_STREAM, DATA_STREAM, EVAL_STREAM = 0, 1, 2
+INIT_STREAM, DATA_STREAM, EVAL_STREAM, POP_EVAL_STREAM = 0, 1, 2, 3
 # steps whose batches are sampled together (make_chunk_fn)
 SAMPLE_BLOCK = 10
 

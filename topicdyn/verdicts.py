@@ -1,12 +1,15 @@
-"""P1's claims as verdicts per checkpoint: pass / fail / not yet converged / not applicable.
+"""P1's claims as verdicts per checkpoint: pass / fail / not yet converged / not decidable here
+/ not applicable (rules: topicdyn.claims).
 
 `run_predictions(cfg)` computes the theory that applies to the run's exact config (written to
-theory.json), asked only for what the variant's traits allow: the Bayes floor (masked-token or
-next-token objective), the uniform-attention optimum (one-layer position-free MLM models with a
-linear readout: regimes V and E, and stage 1 of F) and, for the paper's stage-2 model (frozen topic-block
-W^V), the regime-A optimum. Losses are also evaluated on the run's own evaluation documents (the
-ones the probes use), so measured-vs-predicted loss is a paired comparison without
-document-sampling noise.
+theory.json), asked only for what the variant's traits allow: the Bayes floors (masked-token:
+`bayes/query` given the visible words and the token shown at the query, `bayes/visible` given
+the visible words only, each split by query kind; next-token: `bayes/prefix`) with the one the
+model class can reach named, the uniform-attention optimum (one-layer position-free MLM models
+with a linear readout: regimes V and E, and stage 1 of F) and, for the paper's stage-2 model
+(frozen topic-block W^V), the regime-A optimum with the loss profile along its score gap. Every
+value is a population quantity with its Monte Carlo s.e.; the optima's losses on the run's own
+evaluation documents (`plateau_eval`, `uniform_eval`) are kept as a labelled paired column.
 
 `judge(row, theory, cfg, prev, history)` turns one probes.jsonl row into one row per registered
 claim (topicdyn.claims), "not applicable" with the reason where the claim does not apply.
@@ -23,7 +26,7 @@ from topicdyn.claims import NOT_APPLICABLE, Judging, judge_all, mean_sd, t50, tr
 from topicdyn.config import Config
 from topicdyn.theory.cache import memoized
 from topicdyn.models.variant import (BAG_OF_WORDS, CAUSAL, LINEAR_READOUT, MLM, PAPER_STAGE2,
-                                     TRAINED_EMBEDDING, TRAINED_VALUE)
+                                     QUERY_BLIND, TRAINED_EMBEDDING, TRAINED_VALUE)
 
 
 def _applies_linear(cfg: Config, traits) -> bool:
@@ -33,10 +36,37 @@ def _applies_linear(cfg: Config, traits) -> bool:
         traits & {TRAINED_EMBEDDING, TRAINED_VALUE}) and cfg.d_model >= cfg.data.n_vocab
 
 
+THEORY_DOCS = 20000  # Monte Carlo documents of the optima: s.e. ~1e-3 nats on their losses
+THEORY_BATCHES = 500  # batches of the floors: s.e. ~3e-3 nats
+FLOOR_NAMES = {"query": "bayes/query", "visible": "bayes/visible", "prefix": "bayes/prefix"}
+
+
+def reachable_floor(cfg: Config, traits) -> tuple[str, str]:
+    """(floor name, why): the Bayes floor a model of this class can reach. The lower floor
+    bayes/query is the default: it bounds every model; bayes/visible only where the variant
+    promises that the output at a selected position ignores the token shown there."""
+    if CAUSAL in traits:
+        return FLOOR_NAMES["prefix"], "next-token objective: the posterior given the prefix"
+    if QUERY_BLIND in traits:
+        return FLOOR_NAMES["visible"], ("the output at a selected position ignores the token "
+                                        "shown there: uniform attention, the position no key")
+    return FLOOR_NAMES["query"], "the model may read the token shown at the query position"
+
+
+def _floor(est, by_kind: dict | None) -> dict:
+    mean, se = est
+    return {"loss": mean, "stderr": se,
+            "by_kind": {k: {"loss": m, "stderr": se} for k, (m, se) in (by_kind or {}).items()}}
+
+
 @memoized(("data", "mask", "model", "train"))  # the optimiser never enters the theory
-def run_predictions(cfg: Config, n_docs: int = 4000, n_batches: int = 50, seed: int = 0) -> dict:
-    """JSON-able theory predictions for this config (see module doc); ~10-30 s on a CPU the
-    first time, shared by every config with the same content (theory.cache)."""
+def run_predictions(cfg: Config, n_docs: int = THEORY_DOCS, n_batches: int = THEORY_BATCHES,
+                    seed: int = 0) -> dict:
+    """JSON-able theory predictions for this config (see module doc). Population values carry
+    their Monte Carlo s.e. (n_docs documents for the optima, n_batches batches for the floors:
+    errors of a few 1e-3 nats at the defaults); `*_eval` values are on the run's fixed
+    evaluation documents and say so. ~1 min on a CPU the first time, shared by every config
+    with the same content (theory.cache)."""
     import jax
 
     from topicdyn.probes import eval_batch
@@ -47,10 +77,23 @@ def run_predictions(cfg: Config, n_docs: int = 4000, n_batches: int = 50, seed: 
 
     loss = cfg.model.loss
     traits = traits_for(cfg)
-    out: dict = {"loss": loss, "n_docs": n_docs, "traits": sorted(traits)}
+    out: dict = {"loss": loss, "traits": sorted(traits),
+                 "sample_sizes": {"optima_docs": n_docs, "floor_batches": n_batches,
+                                  "floor_batch_docs": cfg.data.batch_size,
+                                  "eval_docs": cfg.train.n_eval}}
     if loss == "ce" and traits & {MLM, CAUSAL}:
         b = bayes_loss(cfg, n_batches=n_batches, seed=seed + 12345)
-        out["bayes"] = {"loss": b.mean, "stderr": b.stderr, "assumptions": _jsonable(b.assumptions)}
+        floors = {}
+        if CAUSAL in traits:
+            floors[FLOOR_NAMES["prefix"]] = _floor(b, None)
+        else:
+            floors[FLOOR_NAMES["query"]] = _floor(b, b.by_kind.get("bayes"))
+            floors[FLOOR_NAMES["visible"]] = _floor(b.baselines["bayes_without_query_token"],
+                                                    b.by_kind.get("bayes_without_query_token"))
+        name, why = reachable_floor(cfg, traits)
+        out["floors"] = floors
+        out["reachable_floor"] = {"name": name, "why": why}
+        out["floor_assumptions"] = _jsonable(b.assumptions)
     if MLM not in traits:
         out["note"] = ("next-token objective: the next-token Bayes floor only (the symmetric "
                        "optima are masked-token theory)" if CAUSAL in traits else
@@ -76,16 +119,39 @@ def run_predictions(cfg: Config, n_docs: int = 4000, n_batches: int = 50, seed: 
             "assumptions": _jsonable(o.assumptions)}
     if PAPER_STAGE2 in traits:
         a = attention_optimum_A(cfg, loss=loss, sample=sample)
+        uni, uni_se = attention_loss(np.zeros_like(a.score_matrix), sample, cfg, loss)
         out["attention"] = {
             "score_gap": a.score_gap, "score_gap_se": a.score_gap_se,
             "pair_ratio": a.pair_ratio, "plateau": a.plateau, "plateau_se": a.plateau_se,
             "plateau_eval": float(attention_loss(a.score_matrix, eval_sample, cfg, loss)[0]),
-            "uniform_loss": a.uniform_loss,
+            "uniform_loss": float(uni), "uniform_loss_se": float(uni_se),
             "uniform_eval": float(attention_loss(np.zeros_like(a.score_matrix), eval_sample,
                                                  cfg, loss)[0]),
+            "gap_profile": gap_profile(cfg, a, sample, loss),
             "params": _jsonable(a.params),
             "assumptions": _jsonable(a.assumptions)}
     return out
+
+
+FLAT_NATS = 1e-3  # a loss change below this along a direction: the direction is not identified
+
+
+def gap_profile(cfg: Config, a, sample, loss: str) -> dict:
+    """How much the population loss rises when the score gap (s_same) alone moves away from
+    its optimum: to gap/2 and 2 gap (gap -/+ 1 when |gap| < 0.5). `flat` when either side
+    rises by less than FLAT_NATS: a factor-2 change of the gap that the loss barely sees, so the
+    loss does not pin the gap's value down (training may stop or drift anywhere along it)."""
+    from topicdyn.theory.attention import attention_loss, score_matrix
+
+    g = a.params["s_same"]
+    lo, hi = (g / 2, 2 * g) if abs(g) >= 0.5 else (g - 1.0, g + 1.0)
+    rise = {}
+    for name, v in (("low", lo), ("high", hi)):
+        S = score_matrix(cfg, {**a.params, "s_same": v})
+        rise[name] = float(attention_loss(S, sample, cfg, loss)[0] - a.plateau)
+    return {"gap_low": float(lo), "gap_high": float(hi), "rise_low": rise["low"],
+            "rise_high": rise["high"], "flat": bool(min(rise.values()) < FLAT_NATS),
+            "flat_nats": FLAT_NATS}
 
 
 def _jsonable(x):
@@ -133,18 +199,29 @@ def judge_run(run_dir: str | Path, write: bool = True) -> list[dict]:
     return last
 
 
+def _pm(x, se) -> str:
+    if x is None:
+        return "-"
+    if not isinstance(x, (int, float)):
+        return str(x)
+    return f"{x:.4g}" + (f" ± {se:.1g}" if se else "")
+
+
 def format_table(claims: list[dict]) -> str:
-    """claim | predicted | measured (mean ± sd over seeds) | verdict, as aligned text."""
-    def fmt(x):
-        if x is None:
-            return "-"
-        return f"{x:.4g}" if isinstance(x, (int, float)) else str(x)
-    rows = [("claim", "predicted", "measured (mean ± sd)", "verdict")]
+    """claim | predicted (± MC s.e.) | measured (mean ± sd over seeds; s.e.) | basis | verdict,
+    as aligned text."""
+    rows = [("claim", "predicted ± se", "measured ± sd (se)", "basis", "verdict")]
     for c in claims:
         if c["verdict"] == NOT_APPLICABLE:
-            rows.append((c["claim"], "-", "-", f"{NOT_APPLICABLE}: {c['how']}"))
+            rows.append((c["claim"], "-", "-", "-", f"{NOT_APPLICABLE}: {c['how']}"))
             continue
-        rows.append((c["claim"], fmt(c["predicted"]), f"{c['measured']:.4g} ± {c['sd']:.2g}",
+        meas = f"{c['measured']:.4g} ± {c['sd']:.2g}"
+        if c.get("measured_se"):
+            meas += f" ({c['measured_se']:.1g})"
+        basis = c.get("basis") or "-"
+        if c.get("floor"):
+            basis += f", floor {c['floor']}"
+        rows.append((c["claim"], _pm(c["predicted"], c.get("predicted_se")), meas, basis,
                      c["verdict"]))
-    w = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join(" | ".join(r[i].ljust(w[i]) for i in range(4)) for r in rows)
+    w = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join(" | ".join(r[i].ljust(w[i]) for i in range(5)).rstrip() for r in rows)

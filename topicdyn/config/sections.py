@@ -256,6 +256,9 @@ class TrainConfig:
     ckpt_steps: tuple[int, ...] = ()  # explicit checkpoint steps (replaces the schedule)
     chunk: int = 50  # steps per compiled lax.scan chunk (capacity; shorter chunks are masked)
     n_eval: int = 80  # documents in the fixed evaluation set (probes, eval-set theory, figures)
+    # fresh documents (its own stream) of the population loss estimate the loss claims compare
+    # with population theory; 0: no population estimate (claims fall back to the eval set)
+    n_pop_eval: int = 4000
 
     def __post_init__(self):
         int_in("train.steps", self.steps, 1, MAX_STEPS)
@@ -272,6 +275,7 @@ class TrainConfig:
                   f"steps in [0, steps={self.steps}]", s)
         int_in("train.chunk", self.chunk, 1, MAX_CHUNK)
         int_in("train.n_eval", self.n_eval, 1, MAX_EVAL)
+        int_in("train.n_pop_eval", self.n_pop_eval, 0, MAX_EVAL)
 
 
 @dataclass(frozen=True)

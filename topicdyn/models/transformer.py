@@ -154,6 +154,10 @@ class _Family(LinenVariant):
             t.add(tr.BAG_OF_WORDS)
         if self.mean_pool or (m.attention == "uniform" and not {"query", "key"} & train):
             t.add(tr.UNIFORM_ATTENTION)
+        if (one and tr.UNIFORM_ATTENTION in t and cfg.mask.objective == "mlm"
+                and cfg.mask.key_set == "unselected" and not m.residual):
+            # uniform weights never read the query; a selected position is no key of any query
+            t.add(tr.QUERY_BLIND)
         if {"query", "key"} & train:
             t.add(tr.TRAINED_ATTENTION)
         if "value" in train:

@@ -24,6 +24,8 @@ MLM = "mlm"                        # masked-token objective (loss at selected po
 CAUSAL = "causal"                  # next-token objective (per-query prefix key mask)
 BAG_OF_WORDS = "bag_of_words"      # output depends on (query token, key multiset) only
 UNIFORM_ATTENTION = "uniform_attention"  # attention is uniform over the keys (fixed)
+QUERY_BLIND = "query_blind"        # the output at a selected position ignores the token shown
+                                   # there: its reachable floor is bayes/visible, not bayes/query
 TRAINED_ATTENTION = "trained_attention"  # W^Q, W^K are trained
 TRAINED_VALUE = "trained_value"    # W^V is trained
 TRAINED_EMBEDDING = "trained_embedding"

@@ -67,8 +67,8 @@ def plot_attention_curves(run_dir: str | Path, out: str | Path) -> Path | None:
     for key, label, color, ls in (
             ("ratio_all", "same-topic (incl. identical words) / cross", "tab:blue", "-"),
             ("ratio", "same-topic other words / cross", "tab:orange", "-"),
-            ("ref_ratio_all", "reference labelling, incl. identical", "tab:blue", ":"),
-            ("ref_ratio", "reference labelling, other words", "tab:orange", ":")):
+            ("ref_ratio", "authors' statistic, their labelling", "tab:purple", ":"),
+            ("ref_ratio_fixed", "authors' statistic, correct labels", "tab:purple", "-.")):
         sv = series(rows, f"attention/{key}")
         if sv is not None:
             band(ax1, *sv, label, color, ls)
@@ -112,22 +112,26 @@ def _loss_panel(ax, rows, metrics, th, cfg) -> list[float]:
         band(ax, *sv, "training loss (mean since previous log row)", "tab:gray", lw=1.0)
     sv = series(rows, "loss/eval_loss")
     if sv is not None:
-        band(ax, *sv, "eval loss (80 fixed documents)", "tab:blue")
+        band(ax, *sv, f"eval-set loss ({cfg.train.n_eval} fixed documents)", "tab:blue", lw=0.8)
+    sv = series(rows, "loss/pop_loss")
+    if sv is not None:
+        band(ax, *sv, f"population estimate ({cfg.train.n_pop_eval} documents)", "tab:purple")
     ua, at = th.get("uniform_attention") or {}, th.get("attention") or {}
-    lines = [(ua.get("plateau_eval"), "theory: uniform-attention optimum", "tab:green", "--"),
-             (at.get("plateau_eval"), "theory: regime-A optimum", "tab:red", "--"),
-             (at.get("uniform_eval"), "uniform attention, block $W^V$", "tab:olive", ":")]
+    lines = [(ua, "plateau", "theory: uniform-attention optimum", "tab:green", "--"),
+             (at, "plateau", "theory: regime-A optimum", "tab:red", "--"),
+             (at, "uniform_loss", "uniform attention, block $W^V$", "tab:olive", ":")]
     plateaus = []
-    for y, label, color, ls in lines:
+    for sec, key, label, color, ls in lines:
+        y = sec.get(key)
         if y is not None:
-            theory_line(ax, y, f"{label} ({y:.4g})", color, ls)
+            se = sec.get(f"{key}_se") or 0.0
+            theory_line(ax, y, f"{label} ({y:.4g} ± {se:.1g})", color, ls)
             plateaus.append(y)
-    sv = series(rows, "loss/bayes_loss")
-    if ce and sv is not None:
-        floor = float(sv[1].mean())
-        theory_line(ax, floor, f"Bayes floor, eval documents ({floor:.4g})", "black")
-    elif ce and th.get("bayes"):
-        theory_line(ax, th["bayes"]["loss"], f"Bayes floor ({th['bayes']['loss']:.4g})", "black")
+    reach = (th.get("reachable_floor") or {}).get("name")
+    for name, fl in (th.get("floors") or {}).items() if ce else ():
+        theory_line(ax, fl["loss"], f"floor {name} ({fl['loss']:.4g})"
+                    + (": reachable by this model" if name == reach else ""), "black",
+                    "-" if name == reach else ":")
     log_x(ax)
     ax.set_ylabel(f"{'cross-entropy' if ce else 'squared'} loss at selected positions",
                   fontsize=8)

@@ -4,7 +4,13 @@ A probe is registered by name and maps (params, params0, ctx) -> {stat: scalar} 
 `run_probes` vmaps the selected probes over seeds and flattens to {"probe/stat": [per seed]}.
 `ctx` (a ProbeContext) carries what the probes share: the config, a fixed evaluation set of
 batches (the same for every checkpoint, so changes over time are not sampling noise), the word
-topics and, when the theory engine supports the config, the Bayes log-probabilities on that set.
+topics, when the theory engine supports the config the Bayes log-probabilities on that set (both
+floors: `bayes/query` given the visible words and the token shown at the query, `bayes/visible`
+given the visible words only), the population-loss documents (probes/population.py) and the
+authors' view of the evaluation documents (probes/reference_stat.py).
+
+Values on the fixed evaluation set are named for it (`eval_loss`, `bayes_query`, ...); the
+population estimate is `pop_loss` with its standard error `pop_loss_se`.
 """
 from __future__ import annotations
 
@@ -22,9 +28,10 @@ from topicdyn.masking import MLMBatch, sample_batch
 from topicdyn.models import get_variant
 from topicdyn.models.layers import query_key_mask
 from topicdyn.models.variant import CAUSAL, MLM, VALUE_MAP
+from topicdyn.probes import population as _population
+from topicdyn.probes import reference_stat as _reference
 from topicdyn.probes import vocab as _vocab
-from topicdyn.probes.stats import (attention_stats, block_stats, center_rows,
-                                   reference_topic_labels, stable_rank)
+from topicdyn.probes.stats import attention_stats, block_stats, center_rows, stable_rank
 from topicdyn.training import EVAL_STREAM, masked_loss, stream_key
 from topicdyn.xla import compile_options
 
@@ -57,10 +64,12 @@ class ProbeContext:
     batch: MLMBatch  # evaluation documents (train.n_eval docs in one batch)
     word_topic: np.ndarray  # (V,)
     labels: jnp.ndarray  # (n_vocab,) correct topic per token id, -1 for specials
-    ref_labels: jnp.ndarray  # (n_vocab,) the reference code's (buggy) labelling
     unigram: jnp.ndarray  # (n_vocab,) marginal word distribution (0 on specials)
-    bayes_logp: jnp.ndarray | None  # (B, L, n_vocab) Bayes-optimal log P(word | visible)
+    bayes_logp: jnp.ndarray | None  # (B, L, n_vocab) floor bayes/query (causal: the prefix)
+    bayes_visible_logp: jnp.ndarray | None = None  # (B, L, n_vocab) floor bayes/visible (MLM)
     vocab: dict | None = None  # constants of the vocabulary-space probes (probes/vocab.py)
+    pop: dict | None = None  # population-loss documents (probes/population.py)
+    ref: dict | None = None  # the authors' view of the eval documents (probes/reference_stat)
 
 
 def eval_batch(cfg: Config) -> MLMBatch:
@@ -83,17 +92,24 @@ def make_context(cfg: Config, with_bayes: bool = True,
     labels[:V] = wt
     uni = np.zeros(nv)
     uni[:V] = topic_word_matrix(cfg.data).mean(0)  # symmetric prior: E[theta_t] = 1/T
-    bayes = None
+    bayes = visible = None
     if with_bayes and get_variant(cfg.model.name).traits(cfg) & {MLM, CAUSAL}:
         try:
             from topicdyn.theory import bayes_log_prob
             bayes = jnp.asarray(bayes_log_prob(cfg, batch), jnp.float32)
+            if cfg.mask.objective != "causal":
+                visible = jnp.asarray(bayes_log_prob(cfg, batch, use_query_token=False),
+                                      jnp.float32)
         except (ImportError, NotImplementedError):
-            bayes = None
-    ref = reference_topic_labels(V, cfg.data.v)
-    vc = _vocab.prepare(cfg, batch, labels, ref, bayes) if vocab_probes else None
-    return ProbeContext(cfg, batch, wt, jnp.asarray(labels), jnp.asarray(ref),
-                        jnp.asarray(uni / uni.sum()), bayes, vc)
+            bayes = visible = None
+    vc = _vocab.prepare(cfg, batch, labels, bayes, visible) if vocab_probes else None
+    ref = None
+    if _reference.applies(cfg):
+        ref = {"batch": jax.tree.map(jnp.asarray, _reference.reference_batch(cfg, batch)),
+               "labels": jnp.asarray(_reference.reference_labels(cfg)),
+               "labels_fixed": jnp.asarray(_reference.correct_labels(cfg))}
+    return ProbeContext(cfg, batch, wt, jnp.asarray(labels), jnp.asarray(uni / uni.sum()),
+                        bayes, visible, vc, _population.prepare(cfg), ref)
 
 
 def _layer_tag(key: str) -> str:
@@ -124,15 +140,21 @@ def probe_blocks(params, params0, ctx: ProbeContext) -> dict:
 
 @register("attention")
 def probe_attention(params, params0, ctx: ProbeContext) -> dict:
-    """Topic bias of attention on the eval set, correct labels and the reference's labelling.
-    Queries: positions showing a content word (unselected, kept or random-content)."""
-    if ctx.vocab is not None:
-        return _vocab.probe_attention(params, ctx)
-    return probe_attention_generic(params, params0, ctx)
+    """Topic bias of attention on the eval set with correct labels (queries: positions showing
+    a content word: unselected, kept or random-content), and the authors' statistic emulated
+    exactly (ref_*: their protocol and labelling; ref_ratio_fixed: their protocol, correct
+    labels; probes/reference_stat.py)."""
+    out = (_vocab.probe_attention(params, ctx) if ctx.vocab is not None
+           else probe_attention_generic(params, params0, ctx))
+    if ctx.ref is not None:
+        out.update(_reference.probe_reference(params, ctx.cfg, ctx.ref,
+                                              get_variant(ctx.cfg.model.name)))
+    return out
 
 
 def probe_attention_generic(params, params0, ctx: ProbeContext) -> dict:
-    """probe_attention from the model's full attention matrices (the definition)."""
+    """probe_attention's correct-label statistics from the model's full attention matrices
+    (the definition)."""
     cfg, b = ctx.cfg, ctx.batch
     _, acts = get_variant(cfg.model.name).apply(params, b, cfg, capture=True)
     q_ok = b.valid & (b.inputs < cfg.data.V)
@@ -140,19 +162,35 @@ def probe_attention_generic(params, params0, ctx: ProbeContext) -> dict:
     out = {}
     for name in sorted(k for k in acts if k.startswith("attention")):
         layer = name[len("attention"):]  # "" for layer 1, "_l2", ...
-        for tag, lab in (("", ctx.labels), ("ref_", ctx.ref_labels)):
-            s = attention_stats(acts[name], b.inputs, b.inputs, keys, q_ok, lab)
-            out.update({f"{tag}{k}{layer}": v for k, v in s.items()})
+        s = attention_stats(acts[name], b.inputs, b.inputs, keys, q_ok, ctx.labels)
+        out.update({f"{k}{layer}": v for k, v in s.items()})
     return out
 
 
 @register("loss")
 def probe_loss(params, params0, ctx: ProbeContext) -> dict:
-    """Loss on the eval set and KL(reference || model) at selected positions for the uniform
-    (content words), unigram and Bayes-optimal predictors."""
-    if ctx.vocab is not None:
-        return _vocab.probe_loss(params, ctx)
-    return probe_loss_generic(params, params0, ctx)
+    """Loss on the eval set (`eval_loss`; the floors on the same positions: `bayes_query`,
+    `bayes_visible`, causal: `bayes_prefix`), KL(reference || model) at selected positions for
+    the uniform (content words), unigram and Bayes/query predictors, and the population
+    estimate `pop_loss` ± `pop_loss_se`, split by query kind (`pop_loss_mask` / `_keep` /
+    `_random`)."""
+    out = (_vocab.probe_loss(params, ctx) if ctx.vocab is not None
+           else probe_loss_generic(params, params0, ctx))
+    if ctx.pop is not None:
+        out.update(_population.pop_loss(params, ctx.cfg, ctx.pop))
+    return out
+
+
+def floor_names(cfg: Config) -> tuple[str, ...]:
+    """Eval-set floor stats of the loss probe for cfg's objective (probe names, no prefix)."""
+    return ("bayes_prefix",) if cfg.mask.objective == "causal" else ("bayes_query",
+                                                                      "bayes_visible")
+
+
+def floor_values(logp, targets, sel) -> jnp.ndarray:
+    """Mean of -log p(target) over selected positions; logp (B, L, nv) or rows (R, nv)."""
+    bl = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+    return jnp.sum(jnp.where(sel, bl, 0.0)) / jnp.maximum(jnp.sum(sel), 1)
 
 
 def probe_loss_generic(params, params0, ctx: ProbeContext) -> dict:
@@ -174,8 +212,10 @@ def probe_loss_generic(params, params0, ctx: ProbeContext) -> dict:
     out["kl_unigram"] = kl_from(ctx.unigram)
     if ctx.bayes_logp is not None:
         out["kl_bayes"] = kl_from(jnp.exp(ctx.bayes_logp))
-        bl = -jnp.take_along_axis(ctx.bayes_logp, b.targets[..., None], -1)[..., 0]
-        out["bayes_loss"] = jnp.sum(jnp.where(sel, bl, 0.0)) / n
+        names = floor_names(cfg)
+        for name, lp in zip(names, (ctx.bayes_logp, ctx.bayes_visible_logp)):
+            if lp is not None:
+                out[name] = floor_values(lp, b.targets, sel)
     return out
 
 
@@ -197,42 +237,54 @@ def probe_dynamics(params, params0, ctx: ProbeContext) -> dict:
     return out
 
 
+def _split(d: dict | None):
+    """(arrays, static) parts of a context dict: names, flags and sizes stay out of the jit
+    arguments."""
+    if d is None:
+        return None, None
+    static = {k: v for k, v in d.items() if isinstance(v, (bool, int, str, list, tuple))
+              and not isinstance(v, MLMBatch)}
+    return {k: v for k, v in d.items() if k not in static}, static
+
+
 def make_prober(ctx: ProbeContext, names=DEFAULT_PROBES):
     """(params, params0) -> {"probe/stat": (n_seeds,)} for the selected probes.
 
-    With the generic (full-sequence) probes each probe is jitted and vmapped on its own: XLA's
-    CPU compile time grows much faster than linearly when they share one program (minutes
-    instead of seconds).
+    The context's arrays are arguments, not constants baked into the programs: XLA would
+    otherwise fold the probes' count and table computations on them at compile time (slower to
+    compile than to run). With the generic (full-sequence) probes each probe is jitted and
+    vmapped on its own: XLA's CPU compile time grows much faster than linearly when they share
+    one program (minutes instead of seconds); the vocabulary-space probes are small and share
+    one.
     """
     unknown = [n for n in names if n not in PROBES]
     if unknown:
         from topicdyn.config import ConfigError
         raise ConfigError(f"probes: unknown {unknown}; allowed: {', '.join(sorted(PROBES))}")
     names = [n for n in names if n not in not_applicable(ctx.cfg, names)]
-    if ctx.vocab is None:
-        fns = {n: jax.jit(jax.vmap(lambda p, p0, n=n: PROBES[n](p, p0, ctx)),
-                           compiler_options=compile_options()) for n in names}
+    parts = {k: _split(getattr(ctx, k)) for k in ("vocab", "pop", "ref")}
+    arrays = {"batch": ctx.batch, "unigram": ctx.unigram, "labels": ctx.labels,
+              "bayes_logp": ctx.bayes_logp, "bayes_visible_logp": ctx.bayes_visible_logp,
+              **{k: a for k, (a, _) in parts.items()}}
 
-        def run(params, params0):
-            out = {}
-            for n, fn in fns.items():
-                out.update({f"{n}/{k}": v for k, v in fn(params, params0).items()})
-            return out
+    def context(a):
+        return dataclasses.replace(ctx, **{k: v for k, v in a.items() if k not in parts},
+                                   **{k: None if a[k] is None else {**a[k], **st}
+                                      for k, (_, st) in parts.items()})
 
-        return run
+    def program(probe_names):
+        def probes(p, p0, a):
+            c = context(a)
+            return {f"{n}/{k}": v for n in probe_names for k, v in PROBES[n](p, p0, c).items()}
+        return jax.jit(jax.vmap(probes, in_axes=(0, 0, None)),
+                       compiler_options=compile_options())
 
-    # vocabulary-space probes are small: one program for all. The evaluation-set arrays are
-    # arguments, not constants baked into the program: XLA would otherwise fold the probes'
-    # count and table computations on them at compile time (slower to compile than to run)
-    static = {k: v for k, v in ctx.vocab.items() if not isinstance(v, jax.Array)}
-    arrays = {"batch": ctx.batch, "unigram": ctx.unigram,
-              "vocab": {k: v for k, v in ctx.vocab.items() if k not in static}}
+    fns = [program(names)] if ctx.vocab is not None else [program([n]) for n in names]
 
-    def all_probes(p, p0, a):
-        c = dataclasses.replace(ctx, batch=a["batch"], unigram=a["unigram"],
-                                vocab={**a["vocab"], **static})
-        return {f"{n}/{k}": v for n in names for k, v in PROBES[n](p, p0, c).items()}
+    def run(params, params0):
+        out = {}
+        for fn in fns:
+            out.update(fn(params, params0, arrays))
+        return out
 
-    fn = jax.jit(jax.vmap(all_probes, in_axes=(0, 0, None)), compiler_options=compile_options())
-    return lambda params, params0: fn(params, params0, arrays)
-
+    return run

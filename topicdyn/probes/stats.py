@@ -66,20 +66,6 @@ def stable_rank(M: jnp.ndarray) -> jnp.ndarray:
                              vmap_method="expand_dims")
 
 
-def reference_topic_labels(V: int, v: int) -> np.ndarray:
-    """Topic of each token id (n_vocab = V + 4) as the reference code computes it.
-
-    The reference vocabulary puts its 4 special tokens first, so word w has id w + 4, and its
-    statistic takes id // v as the topic (BRIEF §5): 40% of words (v=10) get the wrong topic and
-    START (id 0) counts as a word of topic 0. Our MASK, START, END, PAD map to ids 0..3 there.
-    """
-    ref_id = np.concatenate([np.arange(V) + 4, np.array([0, 1, 2, 3])])  # our id -> their id
-    labels = ref_id // v
-    labels[V + 2:] = -1  # END and PAD: never a topic word in their statistic either
-    labels[V] = -1       # [MASK]
-    return labels
-
-
 def attention_stats(attn: jnp.ndarray, query_tok: jnp.ndarray, key_tok: jnp.ndarray,
                     key_mask: jnp.ndarray, query_ok: jnp.ndarray, labels: jnp.ndarray) -> dict:
     """Attention to same-token, same-topic and cross-topic keys, normalised so uniform = 1.

@@ -28,8 +28,8 @@ from topicdyn.config import Config
 from topicdyn.models.fast import NEG_INF, fast_supported, row_logits, vocab_tables
 
 
-def prepare(cfg: Config, batch, labels: np.ndarray, ref_labels: np.ndarray,
-            bayes_logp) -> dict | None:
+def prepare(cfg: Config, batch, labels: np.ndarray, bayes_logp,
+            bayes_visible_logp=None) -> dict | None:
     """Host-side constants of the evaluation batch for the vocabulary-space probes."""
     if not fast_supported(cfg):
         return None
@@ -56,20 +56,20 @@ def prepare(cfg: Config, batch, labels: np.ndarray, ref_labels: np.ndarray,
            "row_log_n_over_c": np.where(cr > 0, np.log(nr) - logc, 0.0)}
     eye = np.eye(nv, dtype=bool)
     weights, names = [], []
-    for tag, lab in (("", np.asarray(labels)), ("ref_", np.asarray(ref_labels))):
-        ok = lab >= 0
-        mq = m * ok[None, :]  # queries with a topic (content words: always)
-        both = ok[:, None] & ok[None, :]
-        same = lab[:, None] == lab[None, :]
-        cats = {"same_token": both & eye, "same_topic": both & same & ~eye,
-                "cross_topic": both & ~same, "same_topic_all": both & same}
-        mr = mq[r_doc, r_x]  # queries of each row
-        for name, cat in cats.items():
-            pairs = max(float(np.einsum("bx,xv,bv->", mq, cat, c)), 1.0)
-            # a category sum is sum_r m_r n_r A_r[v] [cat(x_r, v)]: the weight of A_r[v]
-            weights.append((mr * n[r_doc])[:, None] * cat[r_x] / pairs)
-            names.append(f"{tag}{name}")
-        out[f"{tag}row_m"] = mr / max(float(mq.sum()), 1.0)
+    lab = np.asarray(labels)
+    ok = lab >= 0
+    mq = m * ok[None, :]  # queries with a topic (content words: always)
+    both = ok[:, None] & ok[None, :]
+    same = lab[:, None] == lab[None, :]
+    cats = {"same_token": both & eye, "same_topic": both & same & ~eye,
+            "cross_topic": both & ~same, "same_topic_all": both & same}
+    mr = mq[r_doc, r_x]  # queries of each row
+    for name, cat in cats.items():
+        pairs = max(float(np.einsum("bx,xv,bv->", mq, cat, c)), 1.0)
+        # a category sum is sum_r m_r n_r A_r[v] [cat(x_r, v)]: the weight of A_r[v]
+        weights.append((mr * n[r_doc])[:, None] * cat[r_x] / pairs)
+        names.append(name)
+    out["row_m"] = mr / max(float(mq.sum()), 1.0)
     out["row_weights"] = np.stack(weights)  # (categories, rows, nv)
     out["names"] = names
     b_idx, pos = np.nonzero(sel)
@@ -77,6 +77,8 @@ def prepare(cfg: Config, batch, labels: np.ndarray, ref_labels: np.ndarray,
     out["sel_y"] = targets[b_idx, pos].astype(np.int32)
     if bayes_logp is not None:
         out["sel_bayes"] = np.asarray(bayes_logp)[b_idx, pos]
+    if bayes_visible_logp is not None:
+        out["sel_bayes_visible"] = np.asarray(bayes_visible_logp)[b_idx, pos]
     ints = ("sel_doc", "sel_x", "sel_y", "row_doc", "row_x")
     return {k: v if k == "names" else jnp.asarray(v, jnp.int32 if k in ints else jnp.float32)
             for k, v in out.items()}
@@ -96,23 +98,18 @@ def _row_attention(params, cfg: Config, vc: dict):
 
 
 def probe_attention(params, ctx) -> dict:
-    """= probes.probe_attention (correct and reference labelling), in vocabulary space."""
+    """= probes.probe_attention_generic (correct labels), in vocabulary space."""
     vc, cfg = ctx.vocab, ctx.cfg
     A = _row_attention(params, cfg, vc)
     sums = jnp.einsum("rv,crv->c", A, vc["row_weights"])
     # KL(a_i || uniform over the keys) per row: sum_v A log(A n / c)
     logt = jnp.log(jnp.where(A > 0, A, 1.0)) + vc["row_log_n_over_c"]
     kl = jnp.sum(jnp.where(A > 0, A * logt, 0.0), axis=-1)
-    s_all = dict(zip(vc["names"], sums))
-    out = {}
-    for tag in ("", "ref_"):
-        s = {k: s_all[f"{tag}{k}"] for k in
-             ("same_token", "same_topic", "cross_topic", "same_topic_all")}
-        s["ratio"] = s["same_topic"] / jnp.maximum(s["cross_topic"], 1e-12)
-        s["ratio_all"] = s["same_topic_all"] / jnp.maximum(s["cross_topic"], 1e-12)
-        s["kl_uniform"] = jnp.sum(vc[f"{tag}row_m"] * kl)
-        out.update({f"{tag}{k}": v for k, v in s.items()})
-    return out
+    s = dict(zip(vc["names"], sums))
+    s["ratio"] = s["same_topic"] / jnp.maximum(s["cross_topic"], 1e-12)
+    s["ratio_all"] = s["same_topic_all"] / jnp.maximum(s["cross_topic"], 1e-12)
+    s["kl_uniform"] = jnp.sum(vc["row_m"] * kl)
+    return s
 
 
 def probe_loss(params, ctx) -> dict:
@@ -138,5 +135,8 @@ def probe_loss(params, ctx) -> dict:
     out["kl_unigram"] = kl_from(ctx.unigram[None])
     if "sel_bayes" in vc:
         out["kl_bayes"] = kl_from(jnp.exp(vc["sel_bayes"]))
-        out["bayes_loss"] = -jnp.sum(jnp.take_along_axis(vc["sel_bayes"], y[:, None], -1)) / n
+        from topicdyn.probes import floor_names  # the names depend on the objective only
+        for name, key in zip(floor_names(cfg), ("sel_bayes", "sel_bayes_visible")):
+            if key in vc:
+                out[name] = -jnp.sum(jnp.take_along_axis(vc[key], y[:, None], -1)) / n
     return out

@@ -50,6 +50,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def theory_sizes(theory_kw: dict, cfg) -> str:
+    """The sample sizes behind the report's numbers, in words."""
+    from topicdyn.verdicts import THEORY_BATCHES, THEORY_DOCS
+
+    docs = theory_kw.get("n_docs", THEORY_DOCS)
+    batches = theory_kw.get("n_batches", THEORY_BATCHES)
+    return (f"optima on {docs} Monte Carlo documents, Bayes floors on {batches} batches of "
+            f"{cfg.data.batch_size} documents; the models' population losses on "
+            f"{cfg.train.n_pop_eval} fresh documents")
+
+
 def main(argv=None) -> int:
     p = parser()
     a = p.parse_args(argv)
@@ -79,7 +90,9 @@ def main(argv=None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M"), "git": git_state(root),
             "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, "
                        f"Python {platform.python_version()}",
-            "steps": steps, "seeds": seeds, "wall_min": wall, "timing": timing}
+            "steps": steps, "seeds": seeds, "wall_min": wall, "timing": timing,
+            "theory_sizes": theory_sizes(theory_kw, make_config(chosen[0], steps, seeds,
+                                                                n_ckpt))}
     prev = results / "summary.json"
     if all(t.get("reused") for t in timing.values()) and prev.exists():
         old = json.loads(prev.read_text())["meta"]  # a re-render keeps the training times

@@ -12,15 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from topicdyn.reproduce.experiments import ARCH_RUNS, EXPERIMENTS, INIT_RUNS, INIT_SCALES
-from topicdyn.verdicts import mean_sd
+from topicdyn.reproduce import sections
+from topicdyn.reproduce.experiments import EXPERIMENTS, INIT_RUNS, INIT_SCALES
+from topicdyn.reproduce.sections import pm
 
 # ---- numbers for the report -----------------------------------------------------------------
-def pm(vals, digits: int = 4) -> str:
-    m, s = mean_sd(vals)
-    return f"{m:.{digits}g} ± {s:.2g}" if np.asarray(vals).size > 1 else f"{m:.{digits}g}"
-
-
 def collect(run_dir: Path) -> dict:
     """Last probes row, last claims, theory, config and t50s of one run."""
     from topicdyn.config import load_config
@@ -45,113 +41,13 @@ def collect(run_dir: Path) -> dict:
 
 
 def claims_rows(claims: list[dict], n: int) -> list[str]:
-    from topicdyn.report import cell, fmt
+    from topicdyn.report import claims_table
 
-    rows = ["| claim | paper's statement | our prediction | measured (mean ± sd over "
-            f"{n} seeds) | verdict |", "|---|---|---|---|---|"]
-    for c in claims:
-        if c["verdict"] == "not applicable":
-            continue  # listed once per experiment below the table
-        meas = f"{fmt(c['measured'])} ± {fmt(c['sd'], 2)}" if n > 1 else fmt(c["measured"])
-        rows.append("| " + " | ".join(cell(x) for x in (
-            c["claim"], c["paper"], fmt(c["predicted"]), meas, f"**{c['verdict']}**")) + " |")
+    rows = claims_table([c for c in claims if c["verdict"] != "not applicable"], n).split("\n")
     na = [f"{c['claim']} ({c['how']})" for c in claims if c["verdict"] == "not applicable"]
     if na:
         rows += ["", "Not applicable to this variant: " + "; ".join(na) + "."]
     return rows
-
-
-def key_numbers(data: dict) -> list[str]:
-    """Templated one-line summaries (numbers only; the tables below have the detail)."""
-    from topicdyn.report import fmt
-
-    out = []
-    for name, d in data.items():
-        v = [c for c in d["claims"] if c["verdict"] not in ("reported", "not applicable")]
-        bad = [f"{c['claim']} ({c['verdict']})" for c in v if c["verdict"] != "pass"]
-        out.append(f"- **{name}**: {len(v) - len(bad)}/{len(v)} claims pass"
-                   + (f"; not passing: {'; '.join(bad)}" if bad else "") + ".")
-    for name, d in data.items():
-        la = d["last"]
-        if d["cfg"].model.attention != "trained" or "attention/ratio_all" not in la:
-            continue
-        c, r = mean_sd(la["attention/ratio_all"])[0], mean_sd(la["attention/ref_ratio_all"])[0]
-        if abs(r - 1) > 1e-3 and (c - 1) / (r - 1) > 0:
-            out.append(f"- {name}: same-topic attention ratio (P1 pooling) {c:.3g} with correct "
-                       f"labels vs {r:.3g} with the reference labelling (excess over 1, "
-                       f"correct / reference: {(c - 1) / (r - 1):.2g}).")
-        else:
-            out.append(f"- {name}: same-topic attention ratio (P1 pooling) {c:.3g} with correct "
-                       f"labels vs {r:.3g} with the reference labelling.")
-    for name in [n for _, n in sorted(INIT_RUNS.items()) if n in data]:
-        t = data[name]["t50"]
-        if "WV" in t and "QK" in t:
-            lag = np.asarray(t["QK"]) - np.asarray(t["WV"])
-            out.append(f"- {name} (init {data[name]['cfg'].model.init_scale:g}): t50(W^V) = "
-                       f"{pm(t['WV'])}, t50(W^Q W^K^T) = {pm(t['QK'])}, lag {pm(lag)} steps.")
-    for base, abl in (("A", "A-keep0"), ("F", "F-keep0")):
-        if base in data and abl in data:
-            b, a = data[base]["last"], data[abl]["last"]
-            out.append(f"- keep probability 0.1 -> 0 ({base} -> {abl}): ratio_all "
-                       f"{pm(b['attention/ratio_all'])} -> {pm(a['attention/ratio_all'])}, "
-                       f"identical-word attention {pm(b['attention/same_token'])} -> "
-                       f"{pm(a['attention/same_token'])}, score gap "
-                       f"{pm(b['blocks/score_gap'])} -> {pm(a['blocks/score_gap'])}.")
-            at_b = data[base]["theory"].get("attention")
-            at_a = data[abl]["theory"].get("attention")
-            if at_b and at_a:
-                out.append(f"  Theory ({base}): attention can lower the loss below uniform "
-                           f"attention by {fmt(at_b['uniform_eval'] - at_b['plateau_eval'])} "
-                           f"nats with keep 0.1 and by "
-                           f"{fmt(at_a['uniform_eval'] - at_a['plateau_eval'])} with keep 0.")
-    return out
-
-
-def architecture_section(data: dict) -> list[str]:
-    """Preset F vs the authors' frozen set on our model and on theirs (the reference variant)."""
-    from topicdyn.report import fmt
-    from topicdyn.training import trainable_groups
-
-    if not all(n in data for n in ARCH_RUNS):
-        return []
-    L = ["## The authors' architecture vs preset F", "",
-         "The authors' code reports same-topic attention about 3x cross-topic with correct labels; "
-         "preset F measures the opposite for same-topic *other* words. Three runs with the same "
-         "data, optimiser and steps, differing only in the model, separate the two "
-         "candidate causes: which matrices train, and the BERT details of the authors' "
-         "architecture. Attention and loss are probe values on the run's fixed evaluation "
-         "documents; mean ± sd over seeds at the last checkpoint (the authors' architecture has "
-         "fewer seeds: only the generic, slower path is exact for it).", "",
-         "| run | seeds | trained groups | ratio: same-topic other words / cross (correct "
-         "labels) | ratio_all (P1 pooling) | identical-word attention | eval loss | excess over "
-         "the Bayes floor |", "|---|---|---|---|---|---|---|---|"]
-    means = {}
-    for name in ARCH_RUNS:
-        d = data[name]
-        la = d["last"]
-        means[name] = mean_sd(la["attention/ratio"])[0]
-        excess = np.asarray(la["loss/eval_loss"]) - np.asarray(la["loss/bayes_loss"])
-        L.append(f"| {name} | {d['cfg'].train.n_seeds} | "
-                 f"{', '.join(sorted(trainable_groups(d['cfg'])))} | "
-                 f"{pm(la['attention/ratio'])} | {pm(la['attention/ratio_all'])} | "
-                 f"{pm(la['attention/same_token'])} | {pm(la['loss/eval_loss'])} | "
-                 f"{pm(excess)} |")
-    rF, ro, rr = (means[n] for n in ARCH_RUNS)
-    side = {True: "above", False: "below"}
-    text = (f"Same-topic other-word attention relative to cross-topic: preset F {fmt(rF)} "
-            f"({side[rF > 1]} 1), our model with the authors' frozen set {fmt(ro)} "
-            f"({side[ro > 1]}), the authors' architecture {fmt(rr)} ({side[rr > 1]}). ")
-    if (ro > 1) == (rr > 1) != (rF > 1):
-        text += ("Both architectures agree with each other and differ from F: **which matrices "
-                 "train decides the sign**; the BERT details (embedding LayerNorm, biases, token "
-                 f"type, PyTorch init) change only its size ({fmt(rr)} vs {fmt(ro)}).")
-    elif (ro > 1) != (rr > 1):
-        text += ("Under the same frozen set the two architectures disagree: the BERT details "
-                 "decide the sign.")
-    else:
-        text += ("All three agree in sign: neither the frozen set nor the architecture decides "
-                 "it in this run.")
-    return L + ["", text, ""]
 
 
 def rel(path: Path, root: Path) -> str:
@@ -160,34 +56,6 @@ def rel(path: Path, root: Path) -> str:
         return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
     except ValueError:
         return str(path)
-
-
-# ---- cross-run figures ----------------------------------------------------------------------
-def plot_labelling(data: dict, out: Path) -> Path:
-    """Bars: attention ratios with correct labels vs the reference code's labelling."""
-    from topicdyn.plots.common import new_figure, save
-
-    names = [n for n, d in data.items() if "attention/ratio_all" in d["last"]]
-    fig = new_figure(max(6.5, 1.5 * len(names) + 2), 4.0)
-    axes = fig.subplots(1, 2)
-    x = np.arange(len(names))
-    for ax, (key, title) in zip(axes, (
-            ("ratio_all", "identical words pooled into same-topic (P1's statistic)"),
-            ("ratio", "other words only"))):
-        for off, tag, label, color in ((-0.2, "", "correct labels", "tab:blue"),
-                                       (0.2, "ref_", "reference code's labelling", "tab:gray")):
-            vals = [mean_sd(data[n]["last"][f"attention/{tag}{key}"]) for n in names]
-            ax.bar(x + off, [v[0] for v in vals], 0.4, yerr=[v[1] for v in vals],
-                   label=label, color=color, capsize=3)
-        ax.axhline(1, color="black", lw=0.8, ls="--", label="no topic bias (1)")
-        ax.set_xticks(x)
-        ax.set_xticklabels(names, fontsize=8)
-        ax.set_ylabel("same-topic / cross-topic attention per key", fontsize=8)
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
-    fig.suptitle("Attention topic bias at the last checkpoint: correct labels vs the reference "
-                 "code's (off by the 4 specials)\nmean over seeds, bars: sd", fontsize=10)
-    return save(fig, out)
 
 
 def small_png(src: Path, dst: Path) -> None:
@@ -208,7 +76,6 @@ def write_results(data: dict, results: Path, out_root: Path, meta: dict,
     """Write results/REPORT.md, summary.json and figures/; run paths are shown relative to
     root (default: the current directory, the project root)."""
     from topicdyn.plots import plot_two_stage
-    from topicdyn.report import fmt
 
     root = Path.cwd() if root is None else root
     fig_dir = results / "figures"
@@ -227,7 +94,7 @@ def write_results(data: dict, results: Path, out_root: Path, meta: dict,
                              "t50 = first checkpoint with half the final change; bars: min..max "
                              "over seeds")
         small_png(tmp / "two_stage_init_scale.png", fig_dir / "two_stage_init_scale.png")
-    plot_labelling(data, tmp / "attention_labelling.png")
+    sections.plot_labelling(data, tmp / "attention_labelling.png")
     small_png(tmp / "attention_labelling.png", fig_dir / "attention_labelling.png")
 
     n = meta["seeds"]
@@ -238,48 +105,15 @@ def write_results(data: dict, results: Path, out_root: Path, meta: dict,
          "Reference defaults: T=10 topics x v=10 words, alpha=0.1, N in [100, 150] with START/"
          "END, batch 40, Adam lr 0.01, masking 0.15 with MASK/random/keep 0.8/0.1/0.1, masked "
          "positions removed from the keys. Theory is computed for each experiment's exact "
-         "config (`theory.json`); losses are compared on the probes' 80 fixed evaluation "
-         "documents. Measured values are mean ± sd over seeds at the last checkpoint.", ""]
-    # overview
-    L += ["## Overview", "", "| experiment | pass | fail | not yet converged | eval loss | "
-          "predicted plateau (uniform attention / regime-A optimum) | Bayes floor |",
-          "|---|---|---|---|---|---|---|"]
-    for name, d in data.items():
-        v = [c["verdict"] for c in d["claims"]]
-        th = d["theory"]
-        plateau = (th.get("uniform_attention") or {}).get("plateau_eval")
-        a_opt = (th.get("attention") or {}).get("plateau_eval")
-        pred = " / ".join(fmt(x) for x in (plateau, a_opt) if x is not None) or "-"
-        bayes = pm(d["last"]["loss/bayes_loss"]) if d["cfg"].model.loss == "ce" and \
-            "loss/bayes_loss" in d["last"] else "-"
-        L.append(f"| [{name}](#{name.lower().replace('.', '')}) | {v.count('pass')} | "
-                 f"{v.count('fail')} | {v.count('not yet converged')} | "
-                 f"{pm(d['last']['loss/eval_loss'])} | {pred} | {bayes} |")
-    L += ["", "The last claim of each table, *excess loss over the Bayes floor*, is a distance "
-          "(verdict 'reported', not counted above); its 'prediction' column holds the floor "
-          "itself.", ""]
-    L += ["## Key numbers", ""] + key_numbers(data) + [""]
-    # attention labelling
-    L += ["## Attention statistic: correct labels vs the reference code's labelling", "",
-          "P1's code looks topics up by vocabulary id instead of word index (off by its 4 special "
-          "tokens, BRIEF §5). `attention/ratio_all` pools identical words into the same-topic "
-          "group as P1's statistic does; `ratio` counts other words only. The reference columns "
-          "apply the reference labelling to the same attention weights.", "",
-          "| experiment | ratio_all, correct | ratio_all, reference labels | ratio, correct | "
-          "ratio, reference labels | identical word | same topic, other word | other topic |",
-          "|---|---|---|---|---|---|---|---|"]
-    for name, d in data.items():
-        la = d["last"]
-        if "attention/ratio_all" not in la or d["cfg"].model.attention != "trained":
-            continue
-        L.append(f"| {name} | {pm(la['attention/ratio_all'])} | "
-                 f"{pm(la['attention/ref_ratio_all'])} | {pm(la['attention/ratio'])} | "
-                 f"{pm(la['attention/ref_ratio'])} | {pm(la['attention/same_token'])} | "
-                 f"{pm(la['attention/same_topic'])} | {pm(la['attention/cross_topic'])} |")
-    L += ["", "The last three columns are attention to one key of each category times the "
-          "number of keys (uniform attention = 1), correct labels.", "",
-          "![attention labelling](figures/attention_labelling.png)", ""]
-    L += architecture_section(data)
+         "config (`theory.json`) as population values with Monte Carlo standard errors "
+         f"({meta.get('theory_sizes', 'sample sizes in theory.json')}); measured losses are "
+         "the model's population estimates on fresh documents with their own s.e. (the paired "
+         "values on the probes' fixed evaluation documents are kept as a labelled column). "
+         "Measured values are mean ± sd over seeds at the last checkpoint.", ""]
+    L += sections.overview(data)
+    L += ["## Key numbers", ""] + sections.key_numbers(data) + [""]
+    L += sections.labelling(data)
+    L += sections.architecture(data)
     # init scale
     if init_runs:
         L += ["## Two-stage dynamics and the init scale (regime F)", "",
@@ -296,30 +130,7 @@ def write_results(data: dict, results: Path, out_root: Path, meta: dict,
             L.append(f"| {s:g} | {pm(t['WV'])} | {pm(t['E'])} | {pm(t['QK'])} | {pm(lag)} | "
                      f"{pm(d['attention_onset'])} | {vf[0]['verdict'] if vf else '-'} |")
         L += ["", "![two-stage vs init scale](figures/two_stage_init_scale.png)", ""]
-    # keep-0 ablation
-    pairs = [(a, b) for a, b in (("A", "A-keep0"), ("F", "F-keep0")) if a in data and b in data]
-    if pairs:
-        L += ["## Ablation: keep probability 0", "",
-              "With p_keep = 0 a selected position never shows its own word, so the word a "
-              "query shows carries no information about its target (it is unselected, or a "
-              "random replacement); with p_keep = 0.1 a shown word may be the target itself. "
-              "The regime-A theory is recomputed for each masking.", "",
-              "| experiment | p_keep | predicted score gap (A optimum) | measured score gap | "
-              "predicted loss gain of attention (uniform - optimum) | measured loss | "
-              "ratio_all | ratio (other words) | identical-word attention |",
-              "|---|---|---|---|---|---|---|---|---|"]
-        for pair in pairs:
-            for name in pair:
-                d = data[name]
-                at = d["theory"].get("attention") or {}
-                gain = (at["uniform_eval"] - at["plateau_eval"]) if at else None
-                gap = (f"{at['score_gap']:.3g} ± {at['score_gap_se']:.2g} (s.e.)" if at else "-")
-                la = d["last"]
-                L.append(f"| {name} | {d['cfg'].mask.p_keep:g} | {gap} | "
-                         f"{pm(la['blocks/score_gap'])} | {fmt(gain)} | "
-                         f"{pm(la['loss/eval_loss'])} | {pm(la['attention/ratio_all'])} | "
-                         f"{pm(la['attention/ratio'])} | {pm(la['attention/same_token'])} |")
-        L += [""]
+    L += sections.keep0(data)
     # per experiment
     L += ["## Experiments", ""]
     for exp in EXPERIMENTS:

@@ -18,7 +18,7 @@ from topicdyn.plots.common import new_figure, save
 from topicdyn.sweep.spec import Spec, _fmt
 from topicdyn.sweep.summary import THEORY_LABEL, THEORY_OF, read_summary, seed_stats
 
-DEFAULT_METRICS = ("final_loss", "loss/eval_loss", "bayes_gap", "blocks/value_gap",
+DEFAULT_METRICS = ("final_loss", "loss/pop_loss", "bayes_gap", "blocks/value_gap",
                    "attention/ratio", "t50/lag")
 
 

@@ -2,8 +2,9 @@
 
 Columns: point, the swept axes, seed, lr, init_scale; `final_loss` (training loss, mean over
 the last logging window) and `final_loss_last` (last step); every probe statistic at the last
-checkpoint (`blocks/value_gap`, `attention/ratio`, `loss/eval_loss`, ...); `bayes_gap` (eval loss
-minus the Bayes-optimal loss on the same positions); `t50/value`, `t50/qk`, `t50/embedding`
+checkpoint (`blocks/value_gap`, `attention/ratio`, `loss/pop_loss` (population estimate),
+`loss/eval_loss` (fixed eval set), ...); `bayes_gap` (population loss minus the Bayes floor this
+model class can reach, named in `theory/reachable_floor_name`); `t50/value`, `t50/qk`, `t50/embedding`
 (first checkpoint with half the final ||W_t - W_0||) and `t50/lag` = t50/qk - t50/value;
 `theory/*` predictions from theory.json; `verdict/<claim>` for this seed alone.
 """
@@ -24,30 +25,43 @@ from topicdyn.sweep.spec import Spec
 THEORY_OF = {
     "blocks/value_gap": ("theory/uniform_gap",),
     "blocks/score_gap": ("theory/score_gap",),
-    "loss/eval_loss": ("theory/attention_plateau", "theory/uniform_plateau", "theory/bayes_loss"),
-    "final_loss": ("theory/attention_plateau", "theory/uniform_plateau", "theory/bayes_loss"),
+    "loss/pop_loss": ("theory/attention_plateau", "theory/uniform_plateau",
+                      "theory/reachable_floor"),
+    "loss/eval_loss": ("theory/attention_plateau_eval", "theory/uniform_plateau_eval"),
+    "final_loss": ("theory/attention_plateau", "theory/uniform_plateau", "theory/reachable_floor"),
 }
 THEORY_LABEL = {
     "theory/uniform_gap": "uniform-attention optimum",
     "theory/uniform_plateau": "uniform-attention optimum",
     "theory/score_gap": "regime-A optimum",
     "theory/attention_plateau": "regime-A optimum",
-    "theory/bayes_loss": "Bayes floor",
+    "theory/attention_plateau_eval": "regime-A optimum, eval set",
+    "theory/uniform_plateau_eval": "uniform-attention optimum, eval set",
+    "theory/reachable_floor": "Bayes floor reachable by the model",
 }
 
-
-
 def theory_columns(theory: dict) -> dict:
+    """Population predictions (theory/<name>, with theory/<name>_se), the floors by name and
+    the optima's losses on the run's eval set (theory/*_eval)."""
     out = {}
-    if "bayes" in theory:
-        out["theory/bayes_loss"] = theory["bayes"]["loss"]
+    for name, fl in (theory.get("floors") or {}).items():
+        out[f"theory/{name}"], out[f"theory/{name}_se"] = fl["loss"], fl["stderr"]
+    if theory.get("reachable_floor"):
+        name = theory["reachable_floor"]["name"]
+        out["theory/reachable_floor"] = theory["floors"][name]["loss"]
+        out["theory/reachable_floor_name"] = name
     ua, at = theory.get("uniform_attention"), theory.get("attention")
     if ua:
-        out["theory/uniform_gap"] = ua["gap"]
-        out["theory/uniform_plateau"] = ua["plateau_eval"]
+        out["theory/uniform_gap"], out["theory/uniform_gap_se"] = ua["gap"], ua["gap_se"]
+        out["theory/uniform_plateau"] = ua["plateau"]
+        out["theory/uniform_plateau_se"] = ua["plateau_se"]
+        out["theory/uniform_plateau_eval"] = ua["plateau_eval"]
     if at:
-        out["theory/score_gap"] = at["score_gap"]
-        out["theory/attention_plateau"] = at["plateau_eval"]
+        out["theory/score_gap"], out["theory/score_gap_se"] = at["score_gap"], at["score_gap_se"]
+        out["theory/attention_plateau"] = at["plateau"]
+        out["theory/attention_plateau_se"] = at["plateau_se"]
+        out["theory/attention_plateau_eval"] = at["plateau_eval"]
+        out["theory/uniform_loss"] = at["uniform_loss"]
         out["theory/uniform_eval"] = at["uniform_eval"]
     return out
 
@@ -83,13 +97,14 @@ def point_rows(run_dir: Path, values: dict, name: str) -> list[dict]:
                "init_scale": cfg.model.init_scale, "step": last_m["step"],
                "final_loss": last_m["loss"][j], "final_loss_last": last_m["loss_last"][j]}
         row.update({k: v[j] for k, v in last_p.items() if isinstance(v, list)})
-        if "loss/eval_loss" in row and "loss/bayes_loss" in row:
-            row["bayes_gap"] = row["loss/eval_loss"] - row["loss/bayes_loss"]
+        th = theory_columns(theory)
+        if "loss/pop_loss" in row and "theory/reachable_floor" in th:
+            row["bayes_gap"] = row["loss/pop_loss"] - th["theory/reachable_floor"]
         t = {g: _t50(probes, f"dynamics/delta_{k}", j)
              for g, k in (("value", "WV"), ("qk", "QK"), ("embedding", "E"))}
         row.update({f"t50/{g}": v for g, v in t.items()})
         row["t50/lag"] = t["qk"] - t["value"]
-        row.update(theory_columns(theory))
+        row.update(th)
         if probes and theory:
             hist = [_seed_slice(r, j) for r in probes]
             claims = judge(hist[-1], theory, cfg, hist[-2] if len(hist) > 1 else None, hist)

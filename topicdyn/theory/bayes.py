@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from topicdyn.config import Config
+from topicdyn.masking import SHOW_KEEP, SHOW_MASK, SHOW_RANDOM
 from topicdyn.theory.cache import memoized
 from topicdyn.theory.common import beta_matrix, describe, mean_se, n_random_ids
 from topicdyn.theory.population import mc_batches
@@ -155,6 +156,7 @@ class LossEstimate:
     n_batches: int
     baselines: dict = field(default_factory=dict)  # name -> (mean, stderr) on the same batches
     assumptions: dict = field(default_factory=dict)
+    by_kind: dict = field(default_factory=dict)  # predictor -> {mask|keep|random: (mean, se)}
 
     def __iter__(self):
         yield self.mean
@@ -172,8 +174,9 @@ def bayes_loss(cfg: Config, n_batches: int = 200, seed: int = 12345, *,
     over its selected positions (as training.masked_loss) and the standard error is that of the
     mean of the n_batches iid batch losses. Baselines on the same batches: uniform over the V
     content words, uniform over all ids, unigram, and (if use_query_token) the Bayes predictor
-    that ignores the query's own token. Under mask.objective=causal: the next-token floor
-    (the prefix is the whole conditioning; no query-token baseline).
+    that ignores the query's own token. `by_kind`: both Bayes predictors' losses split by what
+    the query shows ([MASK] / its own word / a random word). Under mask.objective=causal: the
+    next-token floor (the prefix is the whole conditioning; no query-token baseline).
     """
     use_query_token = use_query_token and cfg.mask.objective != "causal"
     V = cfg.data.V
@@ -182,12 +185,14 @@ def bayes_loss(cfg: Config, n_batches: int = 200, seed: int = 12345, *,
     if use_query_token:
         names.append("bayes_without_query_token")
     per = {k: [] for k in names}
+    kinds = {k: {n: [] for n in KIND_NAMES} for k in ("bayes", "bayes_without_query_token")}
     method = None
     for i, batch in enumerate(mc_batches(cfg, n_batches, seed, batch_size)):
         pred = bayes_predictive(cfg, batch, use_query_token=use_query_token, n_theta=n_theta,
                                 seed=seed + i)
         method = pred.assumptions["estimator"]
         per["bayes"].append(batch_ce(pred.log_prob, batch))
+        _by_kind(kinds["bayes"], pred.log_prob, batch)
         tgt = np.asarray(batch.targets)[np.asarray(batch.selected)]
         per["uniform_content"].append(np.log(V))
         per["uniform_all_ids"].append(np.log(cfg.data.n_vocab))
@@ -196,6 +201,7 @@ def bayes_loss(cfg: Config, n_batches: int = 200, seed: int = 12345, *,
             lp = bayes_predictive(cfg, batch, use_query_token=False, n_theta=n_theta,
                                   seed=seed + i).log_prob
             per["bayes_without_query_token"].append(batch_ce(lp, batch))
+            _by_kind(kinds["bayes_without_query_token"], lp, batch)
     mean, se = mean_se(np.array(per["bayes"]))
     base = {k: mean_se(np.array(v)) for k, v in per.items() if k != "bayes"}
     B = batch_size or cfg.data.batch_size
@@ -205,4 +211,18 @@ def bayes_loss(cfg: Config, n_batches: int = 200, seed: int = 12345, *,
              else "key multiset only"}
     if cfg.mask.objective == "causal":  # the predictor's own record (prefix, clean tokens)
         notes = {k: v for k, v in pred.assumptions.items() if k != "estimator"}
-    return LossEstimate(mean, se, n_batches, base, describe(cfg, est, **notes))
+    split = {k: {n: mean_se(np.array(v)) for n, v in d.items() if v}
+             for k, d in kinds.items() if any(d.values())}
+    return LossEstimate(mean, se, n_batches, base, describe(cfg, est, **notes), split)
+
+
+KIND_NAMES = {"mask": SHOW_MASK, "keep": SHOW_KEEP, "random": SHOW_RANDOM}
+
+
+def _by_kind(acc: dict, log_prob: np.ndarray, batch) -> None:
+    """Append one batch's mean cross-entropy per query kind to acc[kind] (kinds it has)."""
+    sel, kind = np.asarray(batch.selected), np.asarray(batch.kind)
+    for name, k in KIND_NAMES.items():
+        m = sel & (kind == k)
+        if m.any():
+            acc[name].append(batch_ce(log_prob, batch._replace(selected=m)))
