@@ -38,7 +38,7 @@ def test_train_ends_with_every_figure_and_the_report(run):
         with Image.open(figs / f) as im:
             assert im.n_frames == len(_steps(run)) == 6
     text = (run / "report.md").read_text()
-    assert "| claim | paper's statement | predicted |" in text
+    assert "| claim | paper's statement | predicted (MC s.e.) |" in text
     assert "figures/loss.png" in text and "## Theory" in text
 
 

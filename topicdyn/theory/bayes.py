@@ -26,7 +26,7 @@ import numpy as np
 from topicdyn.config import Config
 from topicdyn.masking import SHOW_KEEP, SHOW_MASK, SHOW_RANDOM
 from topicdyn.theory.cache import memoized
-from topicdyn.theory.common import beta_matrix, describe, mean_se, n_random_ids
+from topicdyn.theory.common import beta_matrix, describe, n_random_ids, ratio_se
 from topicdyn.theory.population import mc_batches
 from topicdyn.theory.posterior import observation_noise, topic_posterior
 
@@ -167,12 +167,14 @@ class LossEstimate:
 def bayes_loss(cfg: Config, n_batches: int = 200, seed: int = 12345, *,
                batch_size: int | None = None, use_query_token: bool = True,
                n_theta: int = 2048) -> LossEstimate:
-    """Expected cross-entropy of the Bayes predictor under the run's masking: the loss floor.
+    """Expected cross-entropy per selected position of the Bayes predictor under the run's
+    masking: the loss floor.
 
     Monte Carlo over n_batches fresh batches of topicdyn.masking.sample_batch (keys
-    fold_in(PRNGKey(seed), i), batch_size default data.batch_size); each batch's loss is the mean
-    over its selected positions (as training.masked_loss) and the standard error is that of the
-    mean of the n_batches iid batch losses. Baselines on the same batches: uniform over the V
+    fold_in(PRNGKey(seed), i), batch_size default data.batch_size): the ratio of the summed
+    loss to the number of selected positions, with batches as iid clusters and the ratio's
+    delta-method standard error (the same estimand as the models' population loss; a batch
+    without selected positions adds nothing). Baselines on the same batches: uniform over the V
     content words, uniform over all ids, unigram, and (if use_query_token) the Bayes predictor
     that ignores the query's own token. `by_kind`: both Bayes predictors' losses split by what
     the query shows ([MASK] / its own word / a random word). Under mask.objective=causal: the
@@ -184,45 +186,44 @@ def bayes_loss(cfg: Config, n_batches: int = 200, seed: int = 12345, *,
     names = ["bayes", "uniform_content", "uniform_all_ids", "unigram"]
     if use_query_token:
         names.append("bayes_without_query_token")
-    per = {k: [] for k in names}
-    kinds = {k: {n: [] for n in KIND_NAMES} for k in ("bayes", "bayes_without_query_token")}
+    sums = {k: [] for k in names}  # per batch: summed loss over the selected positions
+    kinds = {k: {n: ([], []) for n in KIND_NAMES} for k in names}
+    counts: list[float] = []
     method = None
     for i, batch in enumerate(mc_batches(cfg, n_batches, seed, batch_size)):
         pred = bayes_predictive(cfg, batch, use_query_token=use_query_token, n_theta=n_theta,
                                 seed=seed + i)
         method = pred.assumptions["estimator"]
-        per["bayes"].append(batch_ce(pred.log_prob, batch))
-        _by_kind(kinds["bayes"], pred.log_prob, batch)
-        tgt = np.asarray(batch.targets)[np.asarray(batch.selected)]
-        per["uniform_content"].append(np.log(V))
-        per["uniform_all_ids"].append(np.log(cfg.data.n_vocab))
-        per["unigram"].append(float(-uni[tgt].mean()))
+        b, l = np.nonzero(np.asarray(batch.selected))
+        tgt = np.asarray(batch.targets)[b, l]
+        kind = np.asarray(batch.kind)[b, l]
+        per = {"bayes": -pred.log_prob[b, l, tgt],
+               "uniform_content": np.full(len(tgt), np.log(V)),
+               "uniform_all_ids": np.full(len(tgt), np.log(cfg.data.n_vocab)),
+               "unigram": -uni[tgt]}
         if use_query_token:
             lp = bayes_predictive(cfg, batch, use_query_token=False, n_theta=n_theta,
                                   seed=seed + i).log_prob
-            per["bayes_without_query_token"].append(batch_ce(lp, batch))
-            _by_kind(kinds["bayes_without_query_token"], lp, batch)
-    mean, se = mean_se(np.array(per["bayes"]))
-    base = {k: mean_se(np.array(v)) for k, v in per.items() if k != "bayes"}
+            per["bayes_without_query_token"] = -lp[b, l, tgt]
+        counts.append(float(len(tgt)))
+        for k, v in per.items():
+            sums[k].append(float(v.sum()))
+            for n, code in KIND_NAMES.items():
+                kinds[k][n][0].append(float(v[kind == code].sum()))
+                kinds[k][n][1].append(float(np.sum(kind == code)))
+    mean, se = ratio_se(sums["bayes"], counts)
+    base = {k: ratio_se(v, counts) for k, v in sums.items() if k != "bayes"}
     B = batch_size or cfg.data.batch_size
-    est = (f"Monte Carlo over {n_batches} batches of {B} documents (seed {seed}); per-batch "
-           f"mean over selected positions; predictive by {method}")
+    est = (f"Monte Carlo over {n_batches} batches of {B} documents (seed {seed}); loss per "
+           f"selected position (ratio over batches); predictive by {method}")
     notes = {"conditioning": "own shown token + key multiset" if use_query_token
              else "key multiset only"}
     if cfg.mask.objective == "causal":  # the predictor's own record (prefix, clean tokens)
         notes = {k: v for k, v in pred.assumptions.items() if k != "estimator"}
-    split = {k: {n: mean_se(np.array(v)) for n, v in d.items() if v}
-             for k, d in kinds.items() if any(d.values())}
+    split = {k: {n: ratio_se(num, den) for n, (num, den) in kinds[k].items() if sum(den) > 0}
+             for k in ("bayes", "bayes_without_query_token") if k in sums}
     return LossEstimate(mean, se, n_batches, base, describe(cfg, est, **notes), split)
 
 
 KIND_NAMES = {"mask": SHOW_MASK, "keep": SHOW_KEEP, "random": SHOW_RANDOM}
 
-
-def _by_kind(acc: dict, log_prob: np.ndarray, batch) -> None:
-    """Append one batch's mean cross-entropy per query kind to acc[kind] (kinds it has)."""
-    sel, kind = np.asarray(batch.selected), np.asarray(batch.kind)
-    for name, k in KIND_NAMES.items():
-        m = sel & (kind == k)
-        if m.any():
-            acc[name].append(batch_ce(log_prob, batch._replace(selected=m)))
