@@ -221,7 +221,7 @@ def format_table(claims: list[dict]) -> str:
         basis = c.get("basis") or "-"
         if c.get("floor"):
             basis += f", floor {c['floor']}"
-        rows.append((c["claim"], _pm(c["predicted"], c.get("predicted_se")), meas, basis,
-                     c["verdict"]))
+        v = c["verdict"] + (f" ({c['judged_on']})" if c.get("judged_on") else "")
+        rows.append((c["claim"], _pm(c["predicted"], c.get("predicted_se")), meas, basis, v))
     w = [max(len(r[i]) for r in rows) for i in range(5)]
     return "\n".join(" | ".join(r[i].ljust(w[i]) for i in range(5)).rstrip() for r in rows)

@@ -165,7 +165,8 @@ def _score_gap(j: Judging) -> dict:
                   f"judged as the same sign in every seed and within a factor "
                   f"{10 ** ORDER:.2g} of the optimum; the loss at the optimum is the claim "
                   f"'loss at the attention optimum'; drift over training: {shown}",
-                  predicted_se=gse, measured_se=0.0, basis="parameters", drift=path)
+                  predicted_se=gse, measured_se=0.0, basis="parameters", drift=path,
+                  judged_on="sign and order of magnitude: the loss is flat along the gap")
     if not math.isfinite(gse) or abs(g) < max(3 * gse, 0.5):
         return undecidable(row, "the predicted gap's sign is not resolved by its s.e." if
                            math.isfinite(gse) else "the predicted gap is at a limit of the "

@@ -74,9 +74,12 @@ def plot_attention_curves(run_dir: str | Path, out: str | Path) -> Path | None:
             band(ax1, *sv, label, color, ls)
     ax1.axhline(1, color="gray", lw=0.8, label="uniform attention (1)")
     gap, se = at.get("score_gap"), at.get("score_gap_se") or 0.0
+    flat = (at.get("gap_profile") or {}).get("flat")
     if at.get("pair_ratio") and gap is not None and se < abs(gap) / 2:
         theory_line(ax1, at["pair_ratio"], f"theory, other words: exp(score gap) = "
-                                           f"{at['pair_ratio']:.3g}", "tab:orange")
+                                           f"{at['pair_ratio']:.3g}" + (
+                        " (loss flat along the gap: order of magnitude only)" if flat else ""),
+                    "tab:orange", ":" if flat else "--")
     elif gap is not None:  # the optimum hardly depends on the gap: no line to draw
         ax1.plot([], [], " ", label=f"theory: score gap undetermined ({gap:.3g} ± {se:.2g} s.e.)")
     log_y(ax1)
@@ -168,7 +171,7 @@ def plot_loss(run_dir: str | Path, out: str | Path) -> Path | None:
         ax = axes[2]
         for key, label, color in (("kl_uniform", "uniform over content words", "tab:gray"),
                                   ("kl_unigram", "unigram", "tab:olive"),
-                                  ("kl_bayes", "Bayes-optimal", "black")):
+                                  ("kl_bayes", "Bayes, bayes/query", "black")):
             sv = series(rows, f"loss/{key}")
             if sv is not None:
                 band(ax, *sv, label, color, ls=":" if key == "kl_unigram" else "-")

@@ -71,14 +71,16 @@ def overview(data: dict) -> list[str]:
 
 
 def _bug_effect(ours_correct: float, theirs: float) -> str:
-    """How the authors' labelling changes their statistic, by sign of the bias."""
+    """How the authors' labelling changes their statistic, by the sign of the bias."""
     a, b = ours_correct - 1.0, theirs - 1.0
     if abs(a) < 1e-2:
         return "has no bias to change (none with correct labels)"
     if a * b < 0:
-        return "reverses the sign of the bias"
-    return ("overstates the bias" if abs(b) > abs(a) else "understates the bias") + \
-        f" (excess over 1: {b:+.3g} vs {a:+.3g})"
+        return f"reverses the sign of the bias ({b:+.3g} vs {a:+.3g} over 1)"
+    side = "same-topic words get more attention" if a > 0 else \
+        "same-topic words get less attention than other-topic words"
+    moved = "understates it (closer to 1)" if abs(b) < abs(a) else "overstates it (further from 1)"
+    return f"{moved}: {b:+.3g} vs {a:+.3g} over 1, where {side}"
 
 
 def labelling(data: dict) -> list[str]:
@@ -107,8 +109,10 @@ def labelling(data: dict) -> list[str]:
                  f"{pm(la['attention/same_token'])} | {pm(la['attention/same_topic'])} | "
                  f"{pm(la['attention/cross_topic'])} |")
     L += ["", "The effect of their labelling compares the excess over 1 of their statistic with "
-          "their labels and with correct labels: 'understates' when theirs is closer to 1, "
-          "'overstates' when it is further.", "", "The last three columns are attention to one key of each category times the "
+          "their labels and with correct labels, whatever the sign of the bias: 'understates' "
+          "when theirs is closer to 1, 'overstates' when it is further. Where identical words "
+          "get much attention (F: the copy of a kept word), our `ratio_all` is far above 1 "
+          "while the statistics without identical words are below 1.", "", "The last three columns are attention to one key of each category times the "
           "number of keys (uniform attention = 1), correct labels, eval set.", "",
           "![attention labelling](figures/attention_labelling.png)", ""]
     return L
