@@ -53,12 +53,6 @@ def reachable_floor(cfg: Config, traits) -> tuple[str, str]:
     return FLOOR_NAMES["query"], "the model may read the token shown at the query position"
 
 
-def _floor(est, by_kind: dict | None) -> dict:
-    mean, se = est
-    return {"loss": mean, "stderr": se,
-            "by_kind": {k: {"loss": m, "stderr": se} for k, (m, se) in (by_kind or {}).items()}}
-
-
 @memoized(("data", "mask", "model", "train"))  # the optimiser never enters the theory
 def run_predictions(cfg: Config, n_docs: int = THEORY_DOCS, n_batches: int = THEORY_BATCHES,
                     seed: int = 0) -> dict:
@@ -72,6 +66,7 @@ def run_predictions(cfg: Config, n_docs: int = THEORY_DOCS, n_batches: int = THE
     from topicdyn.probes import eval_batch
     from topicdyn.theory import (attention_loss, attention_optimum_A, bayes_loss, linear_loss,
                                  population, symmetric_optimum_V)
+    from topicdyn.theory.bayes import named_floors
     from topicdyn.theory.common import is_disjoint_uniform
     from topicdyn.theory.population import from_batch
 
@@ -83,15 +78,8 @@ def run_predictions(cfg: Config, n_docs: int = THEORY_DOCS, n_batches: int = THE
                                   "eval_docs": cfg.train.n_eval}}
     if loss == "ce" and traits & {MLM, CAUSAL}:
         b = bayes_loss(cfg, n_batches=n_batches, seed=seed + 12345)
-        floors = {}
-        if CAUSAL in traits:
-            floors[FLOOR_NAMES["prefix"]] = _floor(b, None)
-        else:
-            floors[FLOOR_NAMES["query"]] = _floor(b, b.by_kind.get("bayes"))
-            floors[FLOOR_NAMES["visible"]] = _floor(b.baselines["bayes_without_query_token"],
-                                                    b.by_kind.get("bayes_without_query_token"))
         name, why = reachable_floor(cfg, traits)
-        out["floors"] = floors
+        out["floors"] = named_floors(cfg, b)
         out["reachable_floor"] = {"name": name, "why": why}
         out["floor_assumptions"] = _jsonable(b.assumptions)
     if MLM not in traits:

@@ -227,3 +227,19 @@ def bayes_loss(cfg: Config, n_batches: int = 200, seed: int = 12345, *,
 
 KIND_NAMES = {"mask": SHOW_MASK, "keep": SHOW_KEEP, "random": SHOW_RANDOM}
 
+
+def named_floors(cfg: Config, est: LossEstimate) -> dict:
+    """The floors of one bayes_loss estimate by name, JSON-able: {"bayes/query": {loss, stderr,
+    by_kind: {mask|keep|random: {loss, stderr}}}, "bayes/visible": ...}; causal: bayes/prefix."""
+    def one(mean_se, kinds):
+        return {"loss": float(mean_se[0]), "stderr": float(mean_se[1]),
+                "by_kind": {k: {"loss": float(m), "stderr": float(e)}
+                            for k, (m, e) in (kinds or {}).items()}}
+    if cfg.mask.objective == "causal":
+        return {"bayes/prefix": one((est.mean, est.stderr), None)}
+    out = {"bayes/query": one((est.mean, est.stderr), est.by_kind.get("bayes"))}
+    if "bayes_without_query_token" in est.baselines:
+        out["bayes/visible"] = one(est.baselines["bayes_without_query_token"],
+                                   est.by_kind.get("bayes_without_query_token"))
+    return out
+

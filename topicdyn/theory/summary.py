@@ -5,7 +5,7 @@ import time
 
 from topicdyn.config import Config
 from topicdyn.theory.attention import attention_optimum_A
-from topicdyn.theory.bayes import bayes_loss
+from topicdyn.theory.bayes import bayes_loss, named_floors
 from topicdyn.theory.common import is_disjoint_uniform
 from topicdyn.theory.optima import symmetric_optimum_E, symmetric_optimum_V
 from topicdyn.theory.population import population
@@ -17,14 +17,17 @@ def _num(x):
 
 def predict(cfg: Config, *, n_docs: int = 20000, n_batches: int = 200, seed: int = 0,
             losses: tuple[str, ...] = ("ce", "squared")) -> dict:
-    """{"bayes": ..., "V": {loss: ...}, "E": {loss: ...}, "A": {loss: ...}, "seconds": ...}.
+    """{"floors": ..., "bayes": ..., "V": {loss: ...}, "E": {loss: ...}, "A": {loss: ...},
+    "seconds": ...}; "floors" names both Bayes floors (bayes/query, bayes/visible; causal:
+    bayes/prefix) with their split by query kind.
 
     One population sample (n_docs documents, or the exact enumeration of a tiny config) is
     shared by the V, E and A optima; the Bayes floor uses n_batches fresh batches.
     """
     t0 = time.time()
     b = bayes_loss(cfg, n_batches=n_batches, seed=seed + 12345)
-    out = {"bayes": {"loss": b.mean, "stderr": b.stderr, "baselines": b.baselines,
+    out = {"floors": named_floors(cfg, b),
+           "bayes": {"loss": b.mean, "stderr": b.stderr, "baselines": b.baselines,
                      "assumptions": b.assumptions}}
     if not is_disjoint_uniform(cfg):
         out["seconds"] = time.time() - t0
