@@ -24,13 +24,15 @@ import numpy as np
 
 from topicdyn.config import Config
 from topicdyn.data import topic_word_matrix, word_topic
-from topicdyn.masking import MLMBatch, sample_batch
+from topicdyn.masking import SHOW_MASK, MLMBatch, sample_batch
 from topicdyn.models import get_variant
+from topicdyn.models.fast import row_logits, vocab_tables
 from topicdyn.models.layers import query_key_mask
 from topicdyn.models.variant import CAUSAL, MLM, VALUE_MAP
 from topicdyn.probes import population as _population
 from topicdyn.probes import reference_stat as _reference
 from topicdyn.probes import vocab as _vocab
+from topicdyn.probes.embedding_space import near_stats
 from topicdyn.probes.stats import attention_stats, block_stats, center_rows, stable_rank
 from topicdyn.training import EVAL_STREAM, masked_loss, stream_key
 from topicdyn.xla import compile_options
@@ -217,6 +219,26 @@ def probe_loss_generic(params, params0, ctx: ProbeContext) -> dict:
             if lp is not None:
                 out[name] = floor_values(lp, b.targets, sel)
     return out
+
+
+@register("near", requires=(MLM,))
+def probe_near(params, params0, ctx: ProbeContext) -> dict:
+    """P-near (EMBEDDING_SPACE.md, claim S4): correlation of the model's content-word logits with
+    the exact log P*(w | visible words) at [MASK] queries (probes/embedding_space.py); opt-in
+    (`topicdyn probe RUN_DIR --probes near`)."""
+    if ctx.bayes_visible_logp is None:
+        return {}
+    cfg, b = ctx.cfg, ctx.batch
+    rows = b.selected & (b.kind == SHOW_MASK)
+    if ctx.vocab is not None:
+        vc = ctx.vocab
+        tables, data = vocab_tables(params, b, cfg)
+        logits = row_logits(tables, data, vc["sel_doc"], vc["sel_x"], cfg)
+        return near_stats(logits, vc["sel_bayes_visible"], vc["sel_mask_kind"] > 0, cfg.data.V)
+    logits, _ = get_variant(cfg.model.name).apply(params, b, cfg)
+    nv = cfg.data.n_vocab
+    return near_stats(logits.reshape(-1, nv), ctx.bayes_visible_logp.reshape(-1, nv),
+                      rows.reshape(-1), cfg.data.V)
 
 
 @register("dynamics")

@@ -122,7 +122,9 @@ class CheckpointProber:
 
 
 def probe_run(run_dir: str | Path, names=None) -> Path:
-    """Re-probe every stored checkpoint of a run; rewrites probes.jsonl. Returns its path."""
+    """Re-probe every stored checkpoint of a run; rewrites probes.jsonl. Returns its path.
+    With `names` (a subset of the probes) the other probes' values already in probes.jsonl are
+    kept: the named probes' values are replaced, nothing else is lost."""
     from topicdyn.checkpoint import list_checkpoints, load_params
     from topicdyn.config import load_config
 
@@ -141,8 +143,25 @@ def probe_run(run_dir: str | Path, names=None) -> Path:
         st.params = params
         prober(row["step"], st, run_dir)
     final = run_dir / "probes.jsonl"
+    if names is not None and final.exists():
+        _merge_into(read_jsonl(final), tmp, names)
     tmp.replace(final)
     return final
+
+
+def _merge_into(old_rows: list[dict], tmp: Path, names) -> None:
+    """Rewrite tmp's rows on top of the old rows of the same step: the old values of the probes
+    re-run (`names`) go, every other old value stays."""
+    from topicdyn.jsonl import write_atomic
+    import json
+
+    old = {r["step"]: r for r in old_rows}
+    prefixes = tuple(f"{n}/" for n in names)
+    rows = []
+    for r in read_jsonl(tmp):
+        base = {k: v for k, v in old.get(r["step"], {}).items() if not k.startswith(prefixes)}
+        rows.append({**base, **r})
+    write_atomic(tmp, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def read_probes(run_dir: str | Path) -> list[dict]:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from topicdyn.config import Config
+from topicdyn.masking import SHOW_MASK
 from topicdyn.models.fast import NEG_INF, fast_supported, row_logits, vocab_tables
 
 
@@ -75,6 +76,7 @@ def prepare(cfg: Config, batch, labels: np.ndarray, bayes_logp,
     b_idx, pos = np.nonzero(sel)
     out["sel_doc"], out["sel_x"] = b_idx.astype(np.int32), inputs[b_idx, pos].astype(np.int32)
     out["sel_y"] = targets[b_idx, pos].astype(np.int32)
+    out["sel_mask_kind"] = (np.asarray(batch.kind)[b_idx, pos] == SHOW_MASK).astype(np.float32)
     if bayes_logp is not None:
         out["sel_bayes"] = np.asarray(bayes_logp)[b_idx, pos]
     if bayes_visible_logp is not None:
