@@ -86,3 +86,40 @@ def test_probing_a_subset_keeps_the_other_probes(tmp_path):
     for a, b in zip(after, before):
         assert {k: v for k, v in a.items() if not k.startswith("near/")} == b
         assert len(a["near/near_pearson"]) == 1
+
+
+def _numpy_copy_bias(logp, counts, wt, T):
+    out = []
+    for r in range(len(logp)):
+        gs = []
+        for t in range(T):
+            words = np.nonzero(wt == t)[0]
+            a = [logp[r, w] for w in words if counts[r, w] > 0]
+            b = [logp[r, w] for w in words if counts[r, w] == 0]
+            if a and b:
+                gs.append(np.mean(a) - np.mean(b))
+        out.append(np.mean(gs) if gs else 0.0)
+    return np.array(out)
+
+
+def test_copy_bias_is_zero_for_bayes_and_positive_for_a_copier():
+    from topicdyn.probes.embedding_space import copy_bias
+
+    T, v, alpha = 4, 5, 0.1
+    V = T * v
+    wt = np.repeat(np.arange(T), v)
+    rng = np.random.default_rng(3)
+    counts = np.zeros((40, V))
+    for r in range(40):  # documents of 2 topics, 12 visible words
+        topics = rng.choice(T, 2, replace=False)
+        for w in rng.choice(np.r_[topics[0] * v + np.arange(v), topics[1] * v + np.arange(v)],
+                            12):
+            counts[r, w] += 1
+    n_t = counts @ (wt[:, None] == np.arange(T)).astype(float)
+    bayes = np.log((alpha + n_t[:, wt]) / (T * alpha + counts.sum(1, keepdims=True)) / v)
+    g = np.asarray(copy_bias(jnp.asarray(bayes), jnp.asarray(counts), jnp.asarray(wt), T))
+    np.testing.assert_allclose(g, 0.0, atol=1e-6)  # EMBEDDING_SPACE.md §3: exactly 0
+    copier = np.log(np.exp(bayes) + 0.05 * (counts > 0))  # extra mass on seen tokens
+    g = np.asarray(copy_bias(jnp.asarray(copier), jnp.asarray(counts), jnp.asarray(wt), T))
+    np.testing.assert_allclose(g, _numpy_copy_bias(copier, counts, wt, T), rtol=1e-5, atol=1e-7)
+    assert np.all(g[g != 0] > 0.01) and (g != 0).mean() > 0.9

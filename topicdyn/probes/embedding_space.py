@@ -37,3 +37,22 @@ def near_stats(logits, ref_logp, rows, V: int) -> dict:
     out = {"near_pearson": jnp.sum(w * _pearson(z, r, ok)) / n}
     out["near_spearman"] = jnp.sum(w * _pearson(_ranks(z, ok), _ranks(r, ok), ok)) / n
     return out
+
+
+def copy_bias(logp, counts, word_topic, T: int):
+    """P-copy's copy bias G(O) per context (claim S2): within each topic seen in O, the mean
+    log-probability of its words present in O minus that of its words absent from O, averaged
+    over the topics that have both (0 where none has). Comparing inside a topic keeps the
+    topic's own share out: the Bayes predictor of disjoint uniform topics gives every word of a
+    topic the same probability, hence exactly 0; G > 0 is preference for copying a seen token.
+
+    logp (R, V) model log-probabilities over the content words, counts (R, V) the visible
+    counts of each word, word_topic (V,) int. Returns (R,)."""
+    onehot = (word_topic[:, None] == jnp.arange(T)[None, :]).astype(logp.dtype)  # (V, T)
+    seen = (counts > 0).astype(logp.dtype)
+    n_in, n_out = seen @ onehot, (1.0 - seen) @ onehot  # (R, T) words present / absent
+    s_in, s_out = (logp * seen) @ onehot, (logp * (1.0 - seen)) @ onehot
+    both = (n_in > 0) & (n_out > 0)
+    g = jnp.where(both, s_in / jnp.maximum(n_in, 1.0) - s_out / jnp.maximum(n_out, 1.0), 0.0)
+    k = jnp.sum(both, -1)
+    return jnp.where(k > 0, jnp.sum(g, -1) / jnp.maximum(k, 1), 0.0)
