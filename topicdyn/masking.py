@@ -21,6 +21,8 @@ from topicdyn.data import (Documents, _below, _threshold, derive_key, document_w
 
 # values of MLMBatch.kind (NEXT_TOKEN: a causal-objective loss position)
 NOT_SELECTED, SHOW_MASK, SHOW_RANDOM, SHOW_KEEP, NEXT_TOKEN = 0, 1, 2, 3, 4
+QUERY_KINDS = {"mask": SHOW_MASK, "keep": SHOW_KEEP, "random": SHOW_RANDOM}  # losses split by
+# what a selected position shows: [MASK], its own word, a random word
 
 
 class MLMBatch(NamedTuple):

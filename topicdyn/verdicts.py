@@ -107,12 +107,11 @@ def run_predictions(cfg: Config, n_docs: int = THEORY_DOCS, n_batches: int = THE
             "assumptions": _jsonable(o.assumptions)}
     if PAPER_STAGE2 in traits:
         a = attention_optimum_A(cfg, loss=loss, sample=sample)
-        uni, uni_se = attention_loss(np.zeros_like(a.score_matrix), sample, cfg, loss)
         out["attention"] = {
             "score_gap": a.score_gap, "score_gap_se": a.score_gap_se,
             "pair_ratio": a.pair_ratio, "plateau": a.plateau, "plateau_se": a.plateau_se,
             "plateau_eval": float(attention_loss(a.score_matrix, eval_sample, cfg, loss)[0]),
-            "uniform_loss": float(uni), "uniform_loss_se": float(uni_se),
+            "uniform_loss": a.uniform_loss, "uniform_loss_se": a.uniform_loss_se,
             "uniform_eval": float(attention_loss(np.zeros_like(a.score_matrix), eval_sample,
                                                  cfg, loss)[0]),
             "gap_profile": gap_profile(cfg, a, sample, loss),

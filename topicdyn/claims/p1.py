@@ -14,6 +14,7 @@ What each comparison reads:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,20 +29,27 @@ ATTN_1L = frozenset({TRAINED_ATTENTION, ONE_LAYER, MLM})
 ORDER = 0.5  # flat gaps: |log10(measured / predicted)| <= ORDER (within a factor ~3.2)
 
 
-def measured_loss(j: Judging):
-    """(per-seed losses, their s.e., basis, per-seed eval-set losses). Seeds share the
-    population documents, so their errors are correlated: the mean's s.e. is taken as the mean
-    of the seeds' (no 1/sqrt(seeds))."""
+class Measured(NamedTuple):
+    values: list  # per-seed losses
+    se: float  # their s.e. (0 on the eval set: compared there as a pair)
+    basis: str  # what the values are, in words
+    eval_values: list  # per-seed losses on the fixed evaluation set
+    population: bool  # values are population estimates (else: the eval set)
+    key: str  # the probe stat the values come from
+
+
+def measured_loss(j: Judging) -> Measured:
+    """The measured loss a loss claim compares: the population estimate when the run has one,
+    else the eval set. Seeds share the population documents, so their errors are correlated:
+    the mean's s.e. is taken as the mean of the seeds' (no 1/sqrt(seeds))."""
     ev = j.get("loss/eval_loss")
     pop = j.get("loss/pop_loss")
     if pop is not None and j.get("loss/pop_loss_se") is not None:
-        return (pop, float(np.mean(j.get("loss/pop_loss_se"))),
-                f"population ({j.cfg.train.n_pop_eval} documents)", ev)
-    return ev, 0.0, f"eval set ({j.cfg.train.n_eval} documents)", ev
-
-
-def _previous_loss(j: Judging, basis: str):
-    return j.before("loss/pop_loss" if basis.startswith("population") else "loss/eval_loss")
+        return Measured(pop, float(np.mean(j.get("loss/pop_loss_se"))),
+                        f"population ({j.cfg.train.n_pop_eval} documents)", ev, True,
+                        "loss/pop_loss")
+    return Measured(ev, 0.0, f"eval set ({j.cfg.train.n_eval} documents)", ev, False,
+                    "loss/eval_loss")
 
 
 def _physical_loss_tol(j: Judging, value: float) -> float:
@@ -55,8 +63,8 @@ def _null_loss(j: Judging) -> float:
 
 
 def _loss_claim(j: Judging, sec: dict, name: str, paper: str, what: str) -> dict:
-    v, se, basis, ev = measured_loss(j)
-    population = basis.startswith("population")
+    m = measured_loss(j)
+    v, se, basis, ev, population = m.values, m.se, m.basis, m.eval_values, m.population
     pred = sec["plateau"] if population else sec["plateau_eval"]
     pred_se = sec["plateau_se"] if population else 0.0
     tol = combined_tolerance(_physical_loss_tol(j, pred), pred_se, se)
@@ -65,7 +73,7 @@ def _loss_claim(j: Judging, sec: dict, name: str, paper: str, what: str) -> dict
            f"{basis} loss vs {what} on the same documents (no population estimate: "
            "train.n_pop_eval=0)")
     row = verdict(name, paper, pred, v, tol, lambda x: abs(x.mean() - pred) <= tol,
-                  _previous_loss(j, basis), how, predicted_se=pred_se, measured_se=se,
+                  j.before(m.key), how, predicted_se=pred_se, measured_se=se,
                   basis=basis, predicted_eval=sec["plateau_eval"],
                   measured_eval=mean_sd(ev)[0])
     if tol >= abs(pred - _null_loss(j)):
@@ -77,12 +85,11 @@ def _below(j: Judging, name: str, paper: str, thr: float, thr_se: float, thr_eva
            optimum: float | None, what: str) -> dict:
     """Every seed's loss below a threshold loss by 2 combined s.e.; not decidable when the
     predicted optimum itself is within 3 s.e. of the threshold."""
-    v, se, basis, ev = measured_loss(j)
-    population = basis.startswith("population")
+    m = measured_loss(j)
+    v, se, basis, ev, population = m.values, m.se, m.basis, m.eval_values, m.population
     t = thr if population else thr_eval
     comb = math.hypot(thr_se, se) if population else 0.0
-    row = verdict(name, paper, t, v, 0.0, lambda x: x.max() < t - 2 * comb,
-                  _previous_loss(j, basis),
+    row = verdict(name, paper, t, v, 0.0, lambda x: x.max() < t - 2 * comb, j.before(m.key),
                   f"every seed's {basis} loss below {what} by 2 combined s.e. "
                   f"({2 * comb:.2g})", threshold=t, predicted_se=thr_se if population else 0.0,
                   measured_se=se, basis=basis, predicted_eval=thr_eval,
@@ -229,13 +236,13 @@ def _bayes_excess(j: Judging) -> dict:
     name = j.theory["reachable_floor"]["name"]
     fl = j.theory["floors"][name]
     stat = "loss/" + name.replace("/", "_")  # the same floor on the eval set (probe)
-    v, se, basis, ev = measured_loss(j)
-    paired = not basis.startswith("population") and j.get(stat) is not None
-    if paired:  # eval set: the floor on the same positions
+    m = measured_loss(j)
+    v, se, basis, ev = m.values, m.se, m.basis, m.eval_values
+    if not m.population and j.get(stat) is not None:  # eval set: the floor on the same positions
         floor, floor_se, gap = mean_sd(j.get(stat))[0], 0.0, np.asarray(v) - np.asarray(j.get(stat))
     else:
         floor, floor_se, gap = fl["loss"], fl["stderr"], np.asarray(v, float) - fl["loss"]
-        if not basis.startswith("population"):
+        if not m.population:
             basis += " vs the population floor"
     eval_gap = (np.asarray(ev) - np.asarray(j.get(stat))) if j.get(stat) is not None else None
     c = verdict("excess loss over the Bayes floor", "(reported)", floor, gap, 0.0,
@@ -245,7 +252,7 @@ def _bayes_excess(j: Judging) -> dict:
                 measured_se=math.hypot(se, floor_se), basis=basis, floor=name,
                 predicted_eval=mean_sd(j.get(stat))[0] if j.get(stat) else None,
                 measured_eval=mean_sd(eval_gap)[0] if eval_gap is not None else None)
-    if basis.startswith("population"):  # where the excess sits: by what the query shows
+    if m.population:  # where the excess sits: by what the query shows
         c["excess_by_kind"] = {
             k: float(np.mean(j.get(f"loss/pop_loss_{k}")) - f["loss"])
             for k, f in fl.get("by_kind", {}).items() if j.get(f"loss/pop_loss_{k}")}

@@ -109,7 +109,7 @@ def make_context(cfg: Config, with_bayes: bool = True,
     if _reference.applies(cfg):
         ref = {"batch": jax.tree.map(jnp.asarray, _reference.reference_batch(cfg, batch)),
                "labels": jnp.asarray(_reference.reference_labels(cfg)),
-               "labels_fixed": jnp.asarray(_reference.correct_labels(cfg))}
+               "labels_fixed": jnp.asarray(labels)}  # the correct topics (specials -1)
     return ProbeContext(cfg, batch, wt, jnp.asarray(labels), jnp.asarray(uni / uni.sum()),
                         bayes, visible, vc, _population.prepare(cfg), ref)
 

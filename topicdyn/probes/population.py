@@ -25,13 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from topicdyn.config import Config
-from topicdyn.masking import SHOW_KEEP, SHOW_MASK, SHOW_RANDOM, MLMBatch, sample_batch
+from topicdyn.masking import QUERY_KINDS, MLMBatch, sample_batch
 from topicdyn.models import get_variant
 from topicdyn.models.fast import fast_supported, row_logits, vocab_tables
 from topicdyn.training import POP_EVAL_STREAM, stream_key
 from topicdyn.xla import compile_options
 
-KINDS = (("mask", SHOW_MASK), ("keep", SHOW_KEEP), ("random", SHOW_RANDOM))
+KINDS = tuple(QUERY_KINDS.items())
 CHUNK_DOCS = 100  # generic path: documents per forward pass
 
 

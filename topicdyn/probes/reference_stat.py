@@ -45,14 +45,6 @@ def reference_labels(cfg: Config) -> np.ndarray:
     return np.where(their_id < V, their_id // d.v, -1)
 
 
-def correct_labels(cfg: Config) -> np.ndarray:
-    from topicdyn.data import word_topic
-
-    lab = np.full(cfg.data.n_vocab, -1)
-    lab[:cfg.data.V] = word_topic(cfg.data)
-    return lab
-
-
 def applies(cfg: Config) -> bool:
     """Their documents start with START: the emulation needs data.start_end."""
     return bool(cfg.data.start_end)

@@ -137,8 +137,9 @@ def probe_loss(params, ctx) -> dict:
     out["kl_unigram"] = kl_from(ctx.unigram[None])
     if "sel_bayes" in vc:
         out["kl_bayes"] = kl_from(jnp.exp(vc["sel_bayes"]))
-        from topicdyn.probes import floor_names  # the names depend on the objective only
+        from topicdyn.probes import floor_names, floor_values  # shared with the generic probe
+        every = jnp.ones(y.shape, bool)  # the rows are the selected positions
         for name, key in zip(floor_names(cfg), ("sel_bayes", "sel_bayes_visible")):
             if key in vc:
-                out[name] = -jnp.sum(jnp.take_along_axis(vc[key], y[:, None], -1)) / n
+                out[name] = floor_values(vc[key], y, every)
     return out

@@ -40,6 +40,7 @@ THEORY_LABEL = {
     "theory/reachable_floor": "Bayes floor reachable by the model",
 }
 
+
 def theory_columns(theory: dict) -> dict:
     """Population predictions (theory/<name>, with theory/<name>_se), the floors by name and
     the optima's losses on the run's eval set (theory/*_eval)."""
@@ -91,13 +92,13 @@ def point_rows(run_dir: Path, values: dict, name: str) -> list[dict]:
     theory_path = run_dir / "theory.json"
     theory = json.loads(theory_path.read_text()) if theory_path.exists() else {}
     last_m, last_p = metrics[-1], (probes[-1] if probes else {})
+    th = theory_columns(theory)
     rows = []
     for j in range(cfg.train.n_seeds):
         row = {"point": name, **values, "seed": cfg.train.seed + j, "lr": cfg.optim.lr,
                "init_scale": cfg.model.init_scale, "step": last_m["step"],
                "final_loss": last_m["loss"][j], "final_loss_last": last_m["loss_last"][j]}
         row.update({k: v[j] for k, v in last_p.items() if isinstance(v, list)})
-        th = theory_columns(theory)
         if "loss/pop_loss" in row and "theory/reachable_floor" in th:
             row["bayes_gap"] = row["loss/pop_loss"] - th["theory/reachable_floor"]
         t = {g: _t50(probes, f"dynamics/delta_{k}", j)

@@ -96,6 +96,7 @@ class AttentionOptimum:
     uniform_loss: float  # loss with all scores 0 (uniform attention over the keys)
     score_matrix: np.ndarray  # (n_vocab, n_vocab) S at the optimum
     assumptions: dict
+    uniform_loss_se: float = float("nan")  # its Monte Carlo s.e. (0: enumeration)
 
 
 LIMIT_TOL = 1e-5  # nats; far below any Monte Carlo error quoted here
@@ -241,12 +242,12 @@ def attention_optimum_A(cfg: Config, *, loss: str | None = None,
     tied[0] = s[1]
     self_tie_cost = F(tied) - best
     plateau, plateau_se = ratio_se(docs(s), sample.doc_query_weight())
-    uniform_loss = ratio_se(docs(np.zeros(4)), sample.doc_query_weight())[0]
+    uniform_loss, uniform_se = ratio_se(docs(np.zeros(4)), sample.doc_query_weight())
     se = np.full(4, np.nan)
     free = visible & ~limits
     if sample.estimator == "enumeration":
         se = np.where(free, 0.0, np.nan)
-        plateau_se = 0.0
+        plateau_se = uniform_se = 0.0
     elif free.any():
         fixed = jnp.asarray(s, jnp.float32)
         idx = np.nonzero(free)[0]
@@ -268,4 +269,4 @@ def attention_optimum_A(cfg: Config, *, loss: str | None = None,
         p["s_same"], float(se[1]), float(np.exp(p["s_same"])), attention_ratio(p, sample, cfg),
         attention_ratio(pt, sample, cfg), float(self_tie_cost),
         plateau, plateau_se, uniform_loss, score_matrix(cfg, p),
-        describe(cfg, describe_sample(sample), **notes))
+        describe(cfg, describe_sample(sample), **notes), uniform_loss_se=uniform_se)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from topicdyn.config import Config
-from topicdyn.masking import SHOW_KEEP, SHOW_MASK, SHOW_RANDOM
+from topicdyn.masking import QUERY_KINDS
 from topicdyn.theory.cache import memoized
 from topicdyn.theory.common import beta_matrix, describe, n_random_ids, ratio_se
 from topicdyn.theory.population import mc_batches
@@ -187,7 +187,8 @@ def bayes_loss(cfg: Config, n_batches: int = 200, seed: int = 12345, *,
     if use_query_token:
         names.append("bayes_without_query_token")
     sums = {k: [] for k in names}  # per batch: summed loss over the selected positions
-    kinds = {k: {n: ([], []) for n in KIND_NAMES} for k in names}
+    split_of = [k for k in ("bayes", "bayes_without_query_token") if k in names]
+    kinds = {k: {n: ([], []) for n in QUERY_KINDS} for k in split_of}
     counts: list[float] = []
     method = None
     for i, batch in enumerate(mc_batches(cfg, n_batches, seed, batch_size)):
@@ -208,8 +209,9 @@ def bayes_loss(cfg: Config, n_batches: int = 200, seed: int = 12345, *,
         counts.append(float(len(tgt)))
         for k, v in per.items():
             sums[k].append(float(v.sum()))
-            for n, code in KIND_NAMES.items():
-                kinds[k][n][0].append(float(v[kind == code].sum()))
+        for k in split_of:
+            for n, code in QUERY_KINDS.items():
+                kinds[k][n][0].append(float(per[k][kind == code].sum()))
                 kinds[k][n][1].append(float(np.sum(kind == code)))
     mean, se = ratio_se(sums["bayes"], counts)
     base = {k: ratio_se(v, counts) for k, v in sums.items() if k != "bayes"}
@@ -221,11 +223,8 @@ def bayes_loss(cfg: Config, n_batches: int = 200, seed: int = 12345, *,
     if cfg.mask.objective == "causal":  # the predictor's own record (prefix, clean tokens)
         notes = {k: v for k, v in pred.assumptions.items() if k != "estimator"}
     split = {k: {n: ratio_se(num, den) for n, (num, den) in kinds[k].items() if sum(den) > 0}
-             for k in ("bayes", "bayes_without_query_token") if k in sums}
+             for k in split_of}
     return LossEstimate(mean, se, n_batches, base, describe(cfg, est, **notes), split)
-
-
-KIND_NAMES = {"mask": SHOW_MASK, "keep": SHOW_KEEP, "random": SHOW_RANDOM}
 
 
 def named_floors(cfg: Config, est: LossEstimate) -> dict:
