@@ -98,6 +98,15 @@ def main() -> int:
                         "probe_overhead": probed["wall_s"] / plain["wall_s"] - 1.0,
                         "probe_per_checkpoint_overhead": probed["checkpoints"]
                         * probed["probe_per_checkpoint_s"] / plain["wall_s"]}
+            if p == "F":  # the opt-in embedding-space probes (issue 13) on top of the defaults
+                from topicdyn.probes import DEFAULT_PROBES
+                from topicdyn.probes.singh import ES_PROBES
+                names = ",".join(DEFAULT_PROBES + ES_PROBES)
+                es = child({"case": "run", "preset": p, "probes": True,
+                            "overrides": [f"train.probes={names}"]})
+                r["run"]["with_embedding_space_probes"] = es
+                r["run"]["embedding_space_probe_per_checkpoint_overhead"] = (
+                    es["checkpoints"] * es["probe_per_checkpoint_s"] / plain["wall_s"])
         r["loss_check"] = child({"case": "loss", "preset": p, "steps": 100 if a.quick else 200})
         res["presets"][p] = r
     res["targets"] = targets(res)
@@ -157,6 +166,16 @@ def table(res: dict, out: Path) -> str:
         "cost of one checkpoint's probes / the run's wall time without probes (the difference "
         "is the one-time evaluation set and probe compilation, which runs beside training's own "
         "compilation).", "",
+        *([f"With the embedding-space probes as well (preset F, `train.probes` = the defaults "
+           f"+ {', '.join(__import__('topicdyn.probes.singh', fromlist=['x']).ES_PROBES)}): "
+           f"{res['presets']['F']['run']['with_embedding_space_probes']['probe_per_checkpoint_s']:.2f}"
+           f" s per checkpoint, "
+           f"{100 * res['presets']['F']['run']['embedding_space_probe_per_checkpoint_overhead']:.0f}"
+           f"% of the run's wall time over "
+           f"{res['presets']['F']['run']['with_embedding_space_probes']['checkpoints']} "
+           f"checkpoints (opt-in: not in the default probes).", ""]
+          if "with_embedding_space_probes" in res["presets"].get("F", {}).get("run", {})
+          else []),
         f"Dense float32 matmul rate of this machine: {res['matmul_flops_per_s'] / 1e9:.1f} "
         "GFLOP/s; the step's FLOPs counted for the generic formulation reach "
         + ", ".join(f"{p}: {r['ensemble']['1']['generic_flop_fraction_of_matmul']:.2f}"

@@ -90,11 +90,13 @@ def run_predictions(cfg: Config, n_docs: int = THEORY_DOCS, n_batches: int = THE
     if not is_disjoint_uniform(cfg):
         out["note"] = "block-symmetric optima need disjoint uniform topics; only the Bayes floor"
         return out
+    sample = population(cfg, n_docs=n_docs, seed=seed)
+    if loss == "ce":
+        out["class_ceiling"] = class_ceiling(cfg, sample)
     if not (_applies_linear(cfg, traits) or PAPER_STAGE2 in traits):
         out["note"] = "the symmetric optima assume a one-layer position-free model with a " \
-                      "linear readout; only the Bayes floor applies"
+                      "linear readout; only the Bayes floors and the class ceiling apply"
         return out
-    sample = population(cfg, n_docs=n_docs, seed=seed)
     eval_sample = from_batch(jax.device_get(eval_batch(cfg)), cfg.data.n_vocab)
     if _applies_linear(cfg, traits):
         o = symmetric_optimum_V(cfg, loss=loss, sample=sample)
@@ -118,6 +120,24 @@ def run_predictions(cfg: Config, n_docs: int = THEORY_DOCS, n_batches: int = THE
             "params": _jsonable(a.params),
             "assumptions": _jsonable(a.assumptions)}
     return out
+
+
+def class_ceiling(cfg: Config, sample) -> dict:
+    """L_ceil^E (EMBEDDING_SPACE.md §2): the population loss of the best one-layer
+    embedding-only model (uniform attention over the keys, logits linear in the key
+    frequencies, d >= n_vocab), whatever the run's own variant: the convex fit of theory.optima
+    (regime V's optimum, the same function class). No amount of training an embedding-only
+    model beats it; an attention model below it is not redundant (claim S1). The kind of a
+    query is drawn independently of its document, and the class ignores the shown token, so
+    its loss is the same for every query kind."""
+    from topicdyn.theory import symmetric_optimum_V
+
+    o = symmetric_optimum_V(cfg, loss="ce", sample=sample)
+    return {"name": "embedding-only (uniform attention, linear readout)",
+            "loss": o.plateau, "stderr": o.plateau_se,
+            "params": {"a": o.params["a"], "b": o.params["b"]},
+            "what": "population loss of the best embedding-only model (block-symmetric convex "
+                    "fit of the key frequencies; the symmetric optimum is a global one)"}
 
 
 FLAT_NATS = 1e-3  # a loss change below this along a direction: the direction is not identified

@@ -25,6 +25,7 @@ from topicdyn.models.variant import CAUSAL, MLM
 NOT_APPLICABLE = "not applicable"
 PASS, FAIL, NOT_CONVERGED = "pass", "fail", "not yet converged"
 NOT_DECIDABLE = "not decidable here"
+HOLDS, REFUTED = "holds", "refuted"  # the embedding-space claims' words for pass / fail
 REPORTED = "reported"
 
 
@@ -52,6 +53,8 @@ class Claim:
     theory: tuple[str, ...]  # theory.json sections it compares with
     stats: tuple[str, ...]  # probe values it reads
     judge: Callable[[Judging], dict]
+    opt_in: bool = False  # judged only at rows holding one of its stats (opt-in probes) ...
+    triggers: tuple[str, ...] = ()  # ... or, if given, one of these instead
 
     def why_not(self, j: Judging) -> str | None:
         """None if the claim applies; else the reason."""
@@ -135,8 +138,10 @@ def judge_all(j: Judging) -> list[dict]:
     out = []
     if any(j.row.get(NON_FINITE) or []):
         return [{**not_applicable_row(c, "non-finite parameters at this checkpoint"),
-                 "verdict": DIVERGED} for c in CLAIMS]
+                 "verdict": DIVERGED} for c in CLAIMS if not c.opt_in]
     for c in CLAIMS:
+        if c.opt_in and not any(j.get(s) is not None for s in c.triggers or c.stats):
+            continue
         reason = c.why_not(j)
         out.append(not_applicable_row(c, reason) if reason else c.judge(j))
     return out

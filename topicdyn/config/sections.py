@@ -259,6 +259,9 @@ class TrainConfig:
     # fresh documents (its own stream) of the population loss estimate the loss claims compare
     # with population theory; 0: no population estimate (claims fall back to the eval set)
     n_pop_eval: int = 4000
+    # probes run at every checkpoint (topicdyn.probes registry names); the embedding-space
+    # probes (EMBEDDING_SPACE.md) are opt-in: red, copy, coh, sample, near, walk, concept, pmi
+    probes: tuple[str, ...] = ("blocks", "attention", "loss", "dynamics")
 
     def __post_init__(self):
         int_in("train.steps", self.steps, 1, MAX_STEPS)
@@ -276,6 +279,12 @@ class TrainConfig:
         int_in("train.chunk", self.chunk, 1, MAX_CHUNK)
         int_in("train.n_eval", self.n_eval, 1, MAX_EVAL)
         int_in("train.n_pop_eval", self.n_pop_eval, 0, MAX_EVAL)
+        from topicdyn.probes import PROBES  # late: probes import config
+
+        check(len(self.probes) > 0 and all(isinstance(n, str) for n in self.probes),
+              "train.probes", "a non-empty list of probe names", self.probes)
+        for n in self.probes:
+            check(n in PROBES, "train.probes", "names from " + ", ".join(sorted(PROBES)), n)
 
 
 @dataclass(frozen=True)

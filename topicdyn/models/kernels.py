@@ -35,7 +35,7 @@ LOSS_INVARIANT = frozenset({
     "train.steps", "train.seed", "train.n_seeds", "train.log_every", "train.ckpt_log_points",
     "train.ckpt_linear_from", "train.ckpt_every", "train.ckpt_steps", "train.chunk",
     "train.n_eval",
-    "train.n_pop_eval",
+    "train.n_pop_eval", "train.probes",
 })
 
 # The bag-of-words kernels read only token ids, the key mask and the selected positions: they are

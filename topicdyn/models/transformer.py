@@ -173,6 +173,9 @@ class _Family(LinenVariant):
                 and m.embedding == "onehot" and m.decoder == "identity"):
             t.add(tr.PAPER_STAGE2)
         t.add(tr.VALUE_MAP)
+        t.add(tr.CONTEXT_VECTOR)
+        if one and not m.residual and not m.layernorm:
+            t.add(tr.AGGREGATIVE)
         if not self.mean_pool:
             t.add(tr.SCORE_MAP)
         return frozenset(t)

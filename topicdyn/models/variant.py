@@ -34,6 +34,10 @@ LINEAR_READOUT = "linear_readout"  # logits = (pooled keys) @ linear map: no LN,
 PAPER_STAGE2 = "paper_stage2"      # one-hot E, block W^V, identity decoder, one head (regime A)
 SCORE_MAP = "score_map"            # the variant exposes a vocabulary-space score map
 VALUE_MAP = "value_map"            # ... and a vocabulary-space value map
+AGGREGATIVE = "aggregative"        # one attention layer, no residual, no LayerNorm: the context
+                                   # vector is an attention-weighted sum of per-key values
+CONTEXT_VECTOR = "context_vector"  # apply(capture=True) sows "context" (B, L, d): the vector
+                                   # the decoder reads at each position (embedding-space probes)
 
 
 class Variant:

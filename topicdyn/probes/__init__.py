@@ -24,31 +24,33 @@ import numpy as np
 
 from topicdyn.config import Config
 from topicdyn.data import topic_word_matrix, word_topic
-from topicdyn.masking import SHOW_MASK, MLMBatch, sample_batch
+from topicdyn.masking import MLMBatch, sample_batch
 from topicdyn.models import get_variant
-from topicdyn.models.fast import row_logits, vocab_tables
 from topicdyn.models.layers import query_key_mask
 from topicdyn.models.variant import CAUSAL, MLM, VALUE_MAP
 from topicdyn.probes import population as _population
 from topicdyn.probes import reference_stat as _reference
 from topicdyn.probes import vocab as _vocab
-from topicdyn.probes.embedding_space import near_stats
 from topicdyn.probes.stats import attention_stats, block_stats, center_rows, stable_rank
 from topicdyn.training import EVAL_STREAM, masked_loss, stream_key
 from topicdyn.xla import compile_options
 
 PROBES: dict[str, Callable] = {}
 REQUIRES: dict[str, frozenset[str]] = {}  # probe -> variant traits it relies on
+SEPARATE: set[str] = set()  # probes compiled as programs of their own (see make_prober)
 DEFAULT_PROBES = ("blocks", "attention", "loss", "dynamics")
 
 
-def register(name: str, requires: tuple[str, ...] = ()):
+def register(name: str, requires: tuple[str, ...] = (), separate: bool = False):
     """Register a probe fn(params, params0, ctx) -> {stat: scalar}; `requires`: the variant
     traits (topicdyn.models.variant) it relies on. A variant without them gets no such probe and
-    the run reports it not applicable."""
+    the run reports it not applicable. separate: always jit it on its own (a large probe would
+    slow the compilation of the shared vocabulary-space program)."""
     def deco(fn):
         PROBES[name] = fn
         REQUIRES[name] = frozenset(requires)
+        if separate:
+            SEPARATE.add(name)
         return fn
     return deco
 
@@ -72,6 +74,7 @@ class ProbeContext:
     vocab: dict | None = None  # constants of the vocabulary-space probes (probes/vocab.py)
     pop: dict | None = None  # population-loss documents (probes/population.py)
     ref: dict | None = None  # the authors' view of the eval documents (probes/reference_stat)
+    es: dict | None = None  # constants of the embedding-space probes (probes/singh_setup.py)
 
 
 def eval_batch(cfg: Config) -> MLMBatch:
@@ -82,11 +85,12 @@ def eval_batch(cfg: Config) -> MLMBatch:
 
 
 def make_context(cfg: Config, with_bayes: bool = True,
-                 vocab_probes: bool = True) -> ProbeContext:
+                 vocab_probes: bool = True, names=None) -> ProbeContext:
     """The evaluation set is drawn from the run's eval stream: identical at every checkpoint.
     vocab_probes: compute the attention and loss probes in vocabulary space where the fast
     kernel is exact for the config (probes/vocab.py: the same numbers, a small fraction of the
-    cost)."""
+    cost). names: the probes to be run (default cfg.train.probes); the embedding-space
+    constants are built only when one of them needs them."""
     batch = eval_batch(cfg)
     wt = word_topic(cfg.data)
     V, nv = cfg.data.V, cfg.data.n_vocab
@@ -110,8 +114,14 @@ def make_context(cfg: Config, with_bayes: bool = True,
         ref = {"batch": jax.tree.map(jnp.asarray, _reference.reference_batch(cfg, batch)),
                "labels": jnp.asarray(_reference.reference_labels(cfg)),
                "labels_fixed": jnp.asarray(labels)}  # the correct topics (specials -1)
+    es = None
+    from topicdyn.probes.singh import ES_PROBES
+    if set(names or cfg.train.probes) & set(ES_PROBES) and cfg.mask.objective == "mlm":
+        from topicdyn.probes.singh_setup import prepare as es_prepare
+        es = {k: (jax.tree.map(jnp.asarray, v) if isinstance(v, (MLMBatch, np.ndarray)) else v)
+              for k, v in es_prepare(cfg, jax.device_get(batch), visible).items()}
     return ProbeContext(cfg, batch, wt, jnp.asarray(labels), jnp.asarray(uni / uni.sum()),
-                        bayes, visible, vc, _population.prepare(cfg), ref)
+                        bayes, visible, vc, _population.prepare(cfg), ref, es)
 
 
 def _layer_tag(key: str) -> str:
@@ -221,26 +231,6 @@ def probe_loss_generic(params, params0, ctx: ProbeContext) -> dict:
     return out
 
 
-@register("near", requires=(MLM,))
-def probe_near(params, params0, ctx: ProbeContext) -> dict:
-    """P-near (EMBEDDING_SPACE.md, claim S4): correlation of the model's content-word logits with
-    the exact log P*(w | visible words) at [MASK] queries (probes/embedding_space.py); opt-in
-    (`topicdyn probe RUN_DIR --probes near`)."""
-    if ctx.bayes_visible_logp is None:
-        return {}
-    cfg, b = ctx.cfg, ctx.batch
-    rows = b.selected & (b.kind == SHOW_MASK)
-    if ctx.vocab is not None:
-        vc = ctx.vocab
-        tables, data = vocab_tables(params, b, cfg)
-        logits = row_logits(tables, data, vc["sel_doc"], vc["sel_x"], cfg)
-        return near_stats(logits, vc["sel_bayes_visible"], vc["sel_mask_kind"] > 0, cfg.data.V)
-    logits, _ = get_variant(cfg.model.name).apply(params, b, cfg)
-    nv = cfg.data.n_vocab
-    return near_stats(logits.reshape(-1, nv), ctx.bayes_visible_logp.reshape(-1, nv),
-                      rows.reshape(-1), cfg.data.V)
-
-
 @register("dynamics")
 def probe_dynamics(params, params0, ctx: ProbeContext) -> dict:
     """||W_t - W_0||_F per tracked matrix (Variant.tracked), and stable ranks of the changes of
@@ -284,7 +274,7 @@ def make_prober(ctx: ProbeContext, names=DEFAULT_PROBES):
         from topicdyn.config import ConfigError
         raise ConfigError(f"probes: unknown {unknown}; allowed: {', '.join(sorted(PROBES))}")
     names = [n for n in names if n not in not_applicable(ctx.cfg, names)]
-    parts = {k: _split(getattr(ctx, k)) for k in ("vocab", "pop", "ref")}
+    parts = {k: _split(getattr(ctx, k)) for k in ("vocab", "pop", "ref", "es")}
     arrays = {"batch": ctx.batch, "unigram": ctx.unigram, "labels": ctx.labels,
               "bayes_logp": ctx.bayes_logp, "bayes_visible_logp": ctx.bayes_visible_logp,
               **{k: a for k, (a, _) in parts.items()}}
@@ -301,7 +291,9 @@ def make_prober(ctx: ProbeContext, names=DEFAULT_PROBES):
         return jax.jit(jax.vmap(probes, in_axes=(0, 0, None)),
                        compiler_options=compile_options())
 
-    fns = [program(names)] if ctx.vocab is not None else [program([n]) for n in names]
+    shared = [n for n in names if n not in SEPARATE] if ctx.vocab is not None else []
+    fns = ([program(shared)] if shared else []) + [program([n]) for n in names
+                                                    if n not in shared]
 
     def run(params, params0):
         out = {}
@@ -310,3 +302,6 @@ def make_prober(ctx: ProbeContext, names=DEFAULT_PROBES):
         return out
 
     return run
+
+
+from topicdyn.probes import singh as _singh  # noqa: E402,F401  (registers the embedding-space probes)

@@ -48,11 +48,11 @@ class CheckpointProber:
             self._setup()
 
     def _setup(self):
-        from topicdyn.probes import DEFAULT_PROBES, make_context, make_prober
+        from topicdyn.probes import make_context, make_prober
 
         t = time.perf_counter()
-        self.fn = make_prober(make_context(self.cfg),
-                              self.names or DEFAULT_PROBES)
+        names = self.names or self.cfg.train.probes
+        self.fn = make_prober(make_context(self.cfg, names=names), names)
         self.setup_seconds = time.perf_counter() - t
         self.seconds += self.setup_seconds
 
