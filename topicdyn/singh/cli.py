@@ -28,6 +28,8 @@ STATS = [  # (probe stat, its Bayes reference stat or None, constant reference, 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="embedding_space.py", description=__doc__)
     ap.add_argument("--spec", default="scripts/sweeps/embedding_space.json")
+    ap.add_argument("--pmi-spec", default="scripts/sweeps/embedding_space_zipf.json",
+                    help="the small grid on Zipf topics where P-pmi is graded")
     ap.add_argument("--out-dir", default="results",
                     help="where EMBEDDING_SPACE.md and figures/embedding_space/ go")
     ap.add_argument("--reuse-only", action="store_true",
@@ -40,20 +42,24 @@ def main(argv=None) -> int:
     from topicdyn.sweep.spec import load_spec
 
     try:
-        spec = load_spec(args.spec)
+        specs = [load_spec(args.spec), load_spec(args.pmi_spec)]
     except (ConfigError, OSError, ValueError) as e:
         print(f"embedding_space: {e}")
         return 2
     t = time.perf_counter()
     if not args.reuse_only:
         from topicdyn.sweep.execute import run_sweep
-        run_sweep(spec, progress=False)
+        for spec in specs:
+            run_sweep(spec, progress=False)
     seconds = None if args.reuse_only else time.perf_counter() - t
     from topicdyn.verdicts import judge_run
-    for d in sorted((spec.out / "points").glob("*/probes.jsonl")):  # verdicts of today's claims
-        if (d.parent / "theory.json").exists():
-            judge_run(d.parent)
+    for spec in specs:  # the verdicts of the claims as they are now
+        for d in sorted((spec.out / "points").glob("*/probes.jsonl")):
+            if (d.parent / "theory.json").exists():
+                judge_run(d.parent)
+    spec = specs[0]
     points = load_points(spec.out)
+    pmi_points = load_points(specs[1].out) if (specs[1].out / "points").exists() else []
     if not points:
         print(f"embedding_space: no finished points in {spec.out}; run without --reuse-only")
         return 2
@@ -64,8 +70,11 @@ def main(argv=None) -> int:
         name = key.split("/")[1]
         if any(p.series(key) is not None for p in points):
             figs.append(stat_figure(points, key, ref, title, fig_dir / f"{name}.png", const))
+    # the principal-component views: the T-head model on 3-topic 32-word documents (else the
+    # first attention point of the grid)
     show = [p for p in points if p.model != "E" and p.cfg.data.prior == "k_topics"
-            and p.cfg.data.k == 3 and p.cfg.data.N_min == p.cfg.data.N_max == 32]
+            and p.cfg.data.k == 3 and p.cfg.data.N_min == p.cfg.data.N_max == 32] or \
+        [p for p in points if p.model != "E"]
     if show:
         steps = [r["step"] for r in show[-1].rows]
         figs += [f for f in pca_frames(show[-1], steps, fig_dir / "pca")
@@ -73,6 +82,6 @@ def main(argv=None) -> int:
                  or f.stem.endswith(f"{steps[1]:05d}")]
     rel = [str(Path(f).relative_to(out)) for f in figs]
     path = write_report(points, out / "EMBEDDING_SPACE.md", rel, seconds,
-                        "python scripts/embedding_space.py")
+                        "python scripts/embedding_space.py", pmi_points)
     print(f"wrote {path} ({len(figs)} figures)")
     return 0

@@ -17,9 +17,8 @@ LINESTYLES = {"E": "-", "A1": "--"}
 
 
 def _grid(points: list[PointRun]):
-    priors = list(dict.fromkeys(p.prior for p in points))
-    lengths = list(dict.fromkeys(p.length for p in points))
-    return priors, lengths
+    from topicdyn.singh.grid import regime_order
+    return regime_order(points)
 
 
 def stat_figure(points: list[PointRun], key: str, ref_key: str | None, title: str,
@@ -117,7 +116,7 @@ def _vectors(point: PointRun, steps: list[int]):
     dom = np.argmax(np.asarray(es["mask_prop"]), 1)
     variant = get_variant(cfg.model.name)
     for step, params in load_checkpoints(point.dir, steps):
-        p = jax.tree.map(np.asarray, seed_params(params, 0))
+        p = jax.tree.map(jax.numpy.asarray, seed_params(params, 0))
         E = np.asarray(variant.matrices(p, cfg)["E"])[:cfg.data.V]
         h = np.asarray(_eval_mask_rows(p, ctx, capture=True)["h"])
         walk = np.asarray(at_queries(p, cfg, es["walk_batch"], es["walk_qpos"],

@@ -69,6 +69,16 @@ class PointRun:
                 np.array([r[key] for r in rows], float))
 
 
+def regime_order(points: list) -> tuple[list[str], list[str]]:
+    """(priors, lengths) in reading order: k-topics by k, then Dirichlet by alpha; fixed
+    lengths by N, then ranged ones."""
+    pri = sorted({(p.cfg.data.prior != "k_topics", p.cfg.data.k if p.cfg.data.prior == "k_topics"
+                   else p.cfg.data.alpha, p.prior) for p in points})
+    lng = sorted({(p.cfg.data.N_min != p.cfg.data.N_max, p.cfg.data.N_min, p.cfg.data.N_max,
+                   p.length) for p in points})
+    return [x[-1] for x in pri], [x[-1] for x in lng]
+
+
 def load_points(sweep_dir: Path) -> list[PointRun]:
     """Every finished point of the sweep directory (a point without verdicts is skipped)."""
     out = []

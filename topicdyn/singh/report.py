@@ -7,7 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from topicdyn.singh.grid import CLAIM_NAMES, PointRun
+from topicdyn.singh.grid import CLAIM_NAMES, PointRun, regime_order
+
+
+def _regimes(points):
+    priors, lengths = regime_order(points)
+    have = {(p.prior, p.length) for p in points}
+    return [(pr, ln) for pr in priors for ln in lengths if (pr, ln) in have]
 
 SHORT = {"holds": "holds", "refuted": "**refuted**", "not decidable here": "n.d.",
          "not applicable": "n.a.", "not yet converged": "not conv."}
@@ -56,7 +62,7 @@ def gamma_table(points: list[PointRun]) -> list[str]:
                                               for h in heads)
            + " | L_ceil^E | bayes/visible | bayes/query |",
            "|---|---|---|" + "---|---|---|" * len(heads) + "---|---|---|"]
-    for (pr, ln) in dict.fromkeys((p.prior, p.length) for p in points):
+    for (pr, ln) in _regimes(points):
         e = by.get((pr, ln, "E"))
         th = (e or next(p for p in points if p.prior == pr and p.length == ln)).theory
         ceil = (th.get("class_ceiling") or {}).get("loss")
@@ -90,7 +96,7 @@ def verdict_tables(points: list[PointRun]) -> list[str]:
         out += [f"### {claim}", "", "| prior | N | " + " | ".join(models) + " |",
                 "|---|---|" + "---|" * len(models)]
         count = Counter()
-        for (pr, ln) in dict.fromkeys((p.prior, p.length) for p in points):
+        for (pr, ln) in _regimes(points):
             cells = [pr, ln]
             for m in models:
                 p = by.get((pr, ln, m))
@@ -110,8 +116,28 @@ def verdict_tables(points: list[PointRun]) -> list[str]:
     return ["## Summary of the verdicts", ""] + summary + [""] + out
 
 
+def pmi_section(points: list[PointRun], zipf: list[PointRun]) -> list[str]:
+    out = ["## P-pmi (S4, S6): embedding geometry vs the exact PMI", "",
+           "Spearman of the centred Gram <e_w, e_w'> (w != w') with the exact PMI, and of the "
+           "value map entries [w', w] with log P(w | w'), last checkpoint, seed mean. With "
+           "disjoint uniform topics (the main grid) the exact PMI takes two values "
+           "(same topic / other topic), so the ranks grade only topic membership; the Zipf grid "
+           "(`scripts/sweeps/embedding_space_zipf.json`, Dir(0.1), N=32) grades the finer "
+           "structure. No verdict is attached: the claim fixes no threshold.", "",
+           r"| grid | prior | N | model | Gram-PMI Spearman | value map - log P(w\|w') Spearman |",
+           "|---|---|---|---|---|---|"]
+    for name, pts in (("Zipf topics", zipf), ("uniform topics", points)):
+        for p in pts:
+            if p.length != "N=32" and name == "uniform topics":
+                continue
+            out.append(f"| {name} | {p.prior} | {p.length} | {p.model} | "
+                       f"{_f(p.mean('pmi/pmi_gram_spearman'))} | "
+                       f"{_f(p.mean('pmi/pmi_value_spearman'))} |")
+    return out + [""]
+
+
 def write_report(points: list[PointRun], path: Path, figures: list[str], seconds: float | None,
-                 command: str) -> Path:
+                 command: str, pmi_points: list[PointRun] = ()) -> Path:
     lines = ["# Embedding-space claims (Singh 2023) on topic-model data", "",
              f"Regenerate with `{command}`" + (f" ({seconds / 60:.0f} min on this machine's "
                                                f"CPU cores)." if seconds else ".")
@@ -128,6 +154,7 @@ def write_report(points: list[PointRun], path: Path, figures: list[str], seconds
              "embedding-only (uniform attention over the keys); A1 / A10: softmax attention with "
              "1 / T heads; every matrix trained.", ""]
     lines += convergence(points) + gamma_table(points) + verdict_tables(points)
+    lines += pmi_section(points, list(pmi_points))
     lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
     path.write_text("\n".join(lines))
     return path
