@@ -21,8 +21,8 @@ def _spec(path, out, grid):
 def test_embedding_space_script_end_to_end(tmp_path):
     models = {"model.name,model.n_heads": [["embedding_only", 1], ["attention", 1]]}
     main_spec = _spec(tmp_path / "grid.json", tmp_path / "sweep", models)
-    pmi_spec = _spec(tmp_path / "zipf.json", tmp_path / "sweep_zipf",
-                     {"data.topic_words": ["zipf"], "model.name": ["attention"]})
+    pmi_spec = _spec(tmp_path / "zipf.json", tmp_path / "sweep_overlap",
+                     {"data.topic_words": ["overlap"], "data.overlap": [1], "model.name": ["attention"]})
     out = tmp_path / "results"
     assert main(["--spec", str(main_spec), "--pmi-spec", str(pmi_spec),
                  "--out-dir", str(out)]) == 0

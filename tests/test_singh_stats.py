@@ -266,7 +266,8 @@ def test_copy_bias_matches_numpy():
     counts[2, :v] = 2
     counts[2, v:] = 0
     counts[2, v] = 1  # topic 0 fully seen (skipped), topic 1 has both
-    got = np.asarray(es.copy_bias(_f32(logp), _f32(counts), jnp.asarray(wt), T))
+    got, info = es.copy_bias(_f32(logp), _f32(counts), jnp.asarray(wt), T)
+    got, info = np.asarray(got), np.asarray(info)
     want = []
     for r in range(R):
         gs = []
@@ -277,7 +278,7 @@ def test_copy_bias_matches_numpy():
                 gs.append(logp[r, inn].mean() - logp[r, out].mean())
         want.append(np.mean(gs) if gs else 0.0)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert got[0] == 0 and got[1] == 0
+    assert got[0] == 0 and got[1] == 0 and not info[0] and not info[1] and info[2]
     np.testing.assert_allclose(got[2], logp[2, v] - logp[2, v + 1:2 * v].mean(), rtol=1e-5)
     # words of topics absent from O may be impossible (-inf, as for a k-topics Bayes
     # predictor): they are in no comparison and must not poison the others
@@ -285,7 +286,7 @@ def test_copy_bias_matches_numpy():
     for r in range(R):
         unseen = [t for t in range(T) if counts[r, wt == t].sum() == 0]
         lp[r, np.isin(wt, unseen)] = -np.inf
-    got = np.asarray(es.copy_bias(_f32(lp), _f32(counts), jnp.asarray(wt), T))
+    got = np.asarray(es.copy_bias(_f32(lp), _f32(counts), jnp.asarray(wt), T)[0])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -439,8 +440,11 @@ def test_s5_not_decidable_for_aggregative_variants():
 
 
 def _s1_theory(ceiling=3.0, floor=2.5, se=0.001):
+    """S1 is decided at [MASK] queries: its floor is bayes/visible's [MASK] part."""
     return {"class_ceiling": {"loss": ceiling, "stderr": se},
-            "floors": {"bayes/query": {"loss": floor, "stderr": 0.002}},
+            "floors": {"bayes/query": {"loss": floor - 0.3, "stderr": 0.002},
+                       "bayes/visible": {"loss": floor, "stderr": 0.002,
+                                         "by_kind": {"mask": {"loss": floor, "stderr": 0.002}}}},
             "reachable_floor": {"name": "bayes/query", "why": "test"}}
 
 
@@ -471,6 +475,14 @@ def test_s1_redundant_attention():
     for pop in ([2.7, 2.7], [3.01, 3.02]):
         got = c.judge(_judging(row(pop), _s1_theory(floor=3.0), traits))
         assert got["verdict"] == "not decidable here"
+    # with the split by query kind the [MASK] part is judged (kept queries may beat the
+    # ceiling by reading the shown token), its s.e. scaled by 1/sqrt(the [MASK] share)
+    split = {**row([2.7, 2.7]), "loss/pop_loss_mask": [3.01, 3.0],
+             "loss/pop_loss_keep": [1.0, 1.0]}
+    got = c.judge(_judging(split, _s1_theory(), traits))
+    assert got["verdict"] == "holds" and got["measured"] == pytest.approx(3.005)
+    share = 0.8  # mask.p_replace_mask of the default config
+    assert got["measured_se"] == pytest.approx(se_pop / math.sqrt(share))
 
 
 def _s6_cfg():
@@ -549,3 +561,27 @@ def test_judge_all_omits_opt_in_claims_without_their_stats():
                               traits=traits))
     assert rows and all(r["verdict"] == "diverged" for r in rows)
     assert not any(r["claim"].startswith(singh) for r in rows)
+
+
+def test_embedding_space_probes_refuse_what_their_contexts_cannot_represent():
+    """key_set=all: the query is a key in training, never in a constructed context (refused,
+    naming the field); positional encodings: the constructed contexts do not keep the training
+    positions, so those probes are not applicable."""
+    from topicdyn.config import ConfigError, preset
+    from topicdyn.probes import not_applicable
+
+    with pytest.raises(ConfigError, match="train.probes"):
+        preset("F", ["mask.key_set=all", "train.probes=loss,copy"])
+    cfg = preset("F", ["model.positional=learned", "train.probes=loss,copy,near"])
+    na = not_applicable(cfg, cfg.train.probes)
+    assert set(na) == {"copy"} and "no_positions" in na["copy"]
+
+
+def test_s2_copy_bias_not_judged_without_informative_queries():
+    c = _claim("S2")
+    base = {"copy/novel_r1": [1.0], "copy/novel_r1_se": [0.01], "copy/novel_bayes_r1": [1.0],
+            "copy/copy_bias_se": [0.01], "copy/copy_bias_bayes": [0.0]}
+    few = c.judge(_judging({**base, "copy/copy_bias": [0.9], "copy/copy_bias_rows": [3.0]}))
+    assert few["verdict"] == "holds" and "not judged" in few["how"]
+    many = c.judge(_judging({**base, "copy/copy_bias": [0.9], "copy/copy_bias_rows": [40.0]}))
+    assert many["verdict"] == "refuted"

@@ -4,11 +4,13 @@ values. Verdicts: holds / refuted / not decidable here (a test that could not fa
 tolerance in the row. These are one-layer models: a verdict tests the one-layer form of a claim.
 
 Tolerances (stated in each row's `how`):
-- S1: attention model's population loss vs the embedding-only class ceiling L_ceil^E;
-  refuted when every seed is below it by more than sqrt(0.005^2 + 9 (se_ceil^2 + se_pop^2)).
-- S2: |copy bias - its Bayes value| <= max(0.05 nats, 3 s.e.) and |B(r_max) - Bayes| <=
-  max(0.05, 3 s.e.) for every seed.
-- S3: path-coherence defect <= 0.05 nats for every seed (Bayes: 0).
+- S1: attention model's population loss at [MASK] queries vs the embedding-only class ceiling
+  L_ceil^E; refuted when every seed is below it by more than
+  sqrt(0.005^2 + 9 (se_ceil^2 + se_pop^2)).
+- S2: |copy bias - its Bayes value| <= max(0.05 nats, 3 s.e.) over the queries where it is
+  defined (judged from 10 of them) and |B(r_max) - Bayes| <= max(0.05, 3 s.e.), every seed.
+- S3: path-coherence defect <= its Bayes value + max(0.005 nats, 3 s.e. over the word pairs)
+  for every seed (Bayes: 0 for the exact predictor).
 - S4: concordance of the logits with log P*(w|O) >= 0.9 for every seed (the share of the word
   pairs P* orders strictly that the logits order the same way; Bayes: 1, unrelated: 0.5).
 - S5: composition linearity delta <= 0.05; not decidable where the variant makes it exact.
@@ -30,7 +32,8 @@ SCOPE = "one-layer form of the claim"
 ES_TRIGGERS = ("red/swap_delta", "copy/copy_bias", "coh/pair_defect", "near/near_concordance",
                "walk/walk_delta", "concept/concept_probe_acc", "sample/sample_tv",
                "pmi/pmi_value_spearman")
-TOL_COPY, TOL_COH, MIN_CONCORDANCE, TOL_WALK = 0.05, 0.05, 0.9, 0.05
+TOL_COPY, TOL_COH, MIN_CONCORDANCE, TOL_WALK = 0.05, 0.005, 0.9, 0.05
+MIN_COPY_ROWS = 10  # informative queries below which the copy bias is not judged
 
 
 def _words(row: dict) -> dict:
@@ -40,9 +43,16 @@ def _words(row: dict) -> dict:
 
 
 def _s1(j: Judging) -> dict:
+    """Judged at [MASK] queries: there the attention model, like the ceiling's class, sees
+    only the visible words. At kept / random queries attention may read the shown token (the
+    query's own score row), information no embedding-only model has: a gain there is not the
+    association bias S1 is about, and is reported, not judged."""
     c = j.theory["class_ceiling"]
-    pop = j.get("loss/pop_loss")
-    se_pop = float(np.mean(j.get("loss/pop_loss_se") or [0.0]))
+    key = "loss/pop_loss_mask" if j.get("loss/pop_loss_mask") else "loss/pop_loss"
+    pop = j.get(key)
+    share = j.cfg.mask.p_replace_mask if key.endswith("_mask") else 1.0
+    # the [MASK] share of the population positions carries ~1/share of the pooled variance
+    se_pop = float(np.mean(j.get("loss/pop_loss_se") or [0.0])) / np.sqrt(max(share, 1e-9))
     tol = combined_tolerance(0.005, c["stderr"], se_pop)
     kinds = {k: mean_sd(j.get(f"loss/pop_loss_{k}"))[0] for k in ("mask", "keep", "random")
              if j.get(f"loss/pop_loss_{k}")}
@@ -50,17 +60,20 @@ def _s1(j: Judging) -> dict:
     paper = "attention adds a potentially redundant association bias (S1)"
     row = verdict("S1 redundant attention", paper, c["loss"], pop, tol,
                   lambda m: bool(np.any(m >= c["loss"] - tol)), None,
-                  how=f"Gamma_ceil = L_ceil^E - L_A per kind: {by_kind}; refuted when every "
-                      f"seed's population loss is below the embedding-only class ceiling by "
-                      f"> {tol:.4f}", threshold=None, predicted_se=c["stderr"],
-                  measured_se=se_pop, basis="population", floor="class_ceiling")
-    prev = j.before("loss/pop_loss")
+                  how=f"judged at [MASK] queries ({key}; s.e. the pooled one / sqrt({share:g})): "
+                      f"refuted when every seed is below the embedding-only class ceiling by "
+                      f"> {tol:.4f}; Gamma_ceil = L_ceil^E - L_A per kind: {by_kind} (kept / "
+                      f"random: attention may read the shown token, not judged)",
+                  threshold=None, predicted_se=c["stderr"], measured_se=se_pop,
+                  basis="population, [MASK] queries", floor="class_ceiling")
+    prev = j.before(key)
     if row["verdict"] == PASS and prev is not None and mean_sd(prev)[0] - row["measured"] > tol:
         row["verdict"] = NOT_CONVERGED  # still falling fast: it may yet pass below the ceiling
-    floor = j.theory.get("floors", {}).get((j.theory.get("reachable_floor") or {}).get("name"))
-    if floor and floor["loss"] >= c["loss"] - tol:
-        return _words(undecidable(row, "the reachable Bayes floor is at the class ceiling: "
-                                       "nothing is left for attention to add"))
+    fl = (j.theory.get("floors", {}).get("bayes/visible") or {})
+    floor = (fl.get("by_kind") or {}).get("mask") or fl
+    if floor and floor.get("loss") is not None and floor["loss"] >= c["loss"] - tol:
+        return _words(undecidable(row, "the Bayes floor of [MASK] queries is at the class "
+                                       "ceiling: nothing is left for attention to add"))
     return _words(row)
 
 
@@ -73,6 +86,8 @@ def _s2(j: Judging) -> dict:
     g = np.asarray(j.get("copy/copy_bias"), float)
     g_ref = float(np.mean(j.get("copy/copy_bias_bayes") or [0.0]))
     g_se = float(np.max(j.get("copy/copy_bias_se")))
+    rows = j.get("copy/copy_bias_rows")
+    g_rows = int(min(rows)) if rows is not None else None
     rs = sorted(int(k.split("_r")[1]) for k in j.row if k.startswith("copy/novel_r")
                 and not k.endswith("_se"))
     r = rs[-1]
@@ -80,12 +95,17 @@ def _s2(j: Judging) -> dict:
     b_ref = float(np.mean(j.get(f"copy/novel_bayes_r{r}") or [1.0]))
     b_se = float(np.max(j.get(f"copy/novel_r{r}_se")))
     tg, tb = max(TOL_COPY, 3 * g_se), max(TOL_COPY, 3 * b_se)
-    ok = bool(np.all(np.abs(g - g_ref) <= tg) and np.all(np.abs(b - b_ref) <= tb))
+    g_decides = g_rows is None or g_rows >= MIN_COPY_ROWS
+    ok = bool((not g_decides or np.all(np.abs(g - g_ref) <= tg))
+              and np.all(np.abs(b - b_ref) <= tb))
     trend = ", ".join(f"B(r={x}) {mean_sd(j.get(f'copy/novel_r{x}'))[0]:.3f}" for x in rs)
+    g_text = (f"copy bias G {g.mean():+.4f} (Bayes {g_ref:+.4f}, tol {tg:.3f}, {g_rows} "
+              f"informative queries)" if g_decides else
+              f"copy bias not judged: {g_rows} queries have a seen topic with unseen words "
+              f"(long documents see every word of their topics)")
     row = verdict("S2 no in-context learning", "no learning happens in context (S2)", g_ref,
                   list(g), tg, lambda _: ok, j.before("copy/copy_bias"),
-                  how=f"copy bias G {g.mean():+.4f} (Bayes {g_ref:+.4f}, tol {tg:.3f}); "
-                      f"novel association {trend} (Bayes {b_ref:.3f}, tol {tb:.3f})",
+                  how=f"{g_text}; novel association {trend} (Bayes {b_ref:.3f}, tol {tb:.3f})",
                   basis="eval set and constructed contexts")
     return _words(row)
 
@@ -97,6 +117,8 @@ register(Claim("S2 no in-context learning", "no learning happens in context",
 def _s3(j: Judging) -> dict:
     d = np.asarray(j.get("coh/pair_defect"), float)
     ref = float(np.mean(j.get("coh/pair_defect_bayes") or [0.0]))
+    se = float(np.max(j.get("coh/pair_defect_se") or [0.0]))
+    tol = ref + max(TOL_COH, 3.0 * se)
     extra = []
     for k, name in (("coh/order_sd", "order s.d."), ("coh/exact_gap", "gap to exact (nats/word)"),
                     ("sample/sample_tv", "sampled distinct-topics TV")):
@@ -105,9 +127,11 @@ def _s3(j: Judging) -> dict:
     if j.get("sample/sample_tv_control") is not None:
         extra.append(f"(exact sampler's TV {mean_sd(j.get('sample/sample_tv_control'))[0]:.4f})")
     row = verdict("S3 one distribution over paths", "training learns one distribution over "
-                  "paths (S3)", ref, list(d), TOL_COH, lambda m: bool(np.all(m <= TOL_COH)),
+                  "paths (S3)", ref, list(d), tol - ref, lambda m: bool(np.all(m <= tol)),
                   j.before("coh/pair_defect"),
-                  how=f"path-coherence defect (Bayes {ref:.4f}) <= {TOL_COH}; " + "; ".join(extra),
+                  how=f"path-coherence defect <= its Bayes value {ref:.4f} + max({TOL_COH}, 3 "
+                      f"s.e. = {3 * se:.4f}) (the mean absolute defect of a single joint "
+                      f"distribution is 0); " + "; ".join(extra),
                   basis="constructed contexts from the eval set")
     return _words(row)
 
@@ -138,7 +162,7 @@ register(Claim("S4 nearness reflects probability", "nearness reflects conditiona
 def _s5(j: Judging) -> dict:
     dl = np.asarray(j.get("walk/walk_delta"), float)
     c = mean_sd(j.get("walk/walk_c"))[0]
-    cb = j.get("walk/walk_c_bayes")
+    cb = j.get("walk/walk_c_bayes") if j.cfg.data.prior == "dirichlet" else None
     how = (f"composition delta <= {TOL_WALK}; walk step offset c {c:.3f}"
            + (f" (Bayes E[theta|O] walk {mean_sd(cb)[0]:.3f}; mean pooling: the number of "
               f"sink keys)" if cb else ""))
@@ -158,8 +182,11 @@ register(Claim("S5 encoding walk", "context vectors are built by an aggregating 
 
 def _s6(j: Judging) -> dict:
     acc = np.asarray(j.get("concept/concept_probe_acc"), float)
-    T, V = j.cfg.data.T, j.cfg.data.V
-    n_test = V - sum(max(1, int(round(0.8 * V / T))) for _ in range(T))
+    from topicdyn.data import word_topic
+
+    T = j.cfg.data.T
+    sizes = np.bincount(word_topic(j.cfg.data), minlength=T)
+    n_test = int(sum(n - max(1, int(round(0.8 * n))) for n in sizes))  # as probes/singh_setup
     chance = 1.0 / T
     thr = chance + 3.0 * np.sqrt(chance * (1 - chance) / max(n_test, 1))
     extra = "; ".join(f"{n} {mean_sd(j.get(k))[0]:.3f}" for k, n in (

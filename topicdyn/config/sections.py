@@ -301,6 +301,12 @@ class Config:
         check(isinstance(self.preset, str) and PRESET_LABEL.fullmatch(self.preset) is not None,
               "preset", "a label of letters, digits and . _ + - (at most 64, not starting with "
               "a dot)", self.preset)
+        from topicdyn.probes.singh import ES_PROBES  # late: probes import config
+
+        es = sorted(set(self.train.probes) & set(ES_PROBES))
+        check(not es or self.mask.key_set == "unselected", "train.probes",
+              "no embedding-space probe unless mask.key_set=unselected (their constructed "
+              "contexts never make the query a key)", ",".join(es))
         from topicdyn.models import get_variant  # late: models import config
 
         variant = get_variant(self.model.name)  # imports package.module:attr names

@@ -31,7 +31,7 @@ def near_stats(logits, ref_logp, rows, V: int) -> dict:
     bool: the rows to average ([MASK] queries). Spearman ranks every content word, the
     impossible ones (log P* = -inf, e.g. topics a k-topics document cannot hold) tied at the
     bottom, over the rows where P* is not the same for every word; Pearson uses the possible words of rows where their log P* varies (elsewhere it is
-    undefined: such rows are left out of its mean)."""
+    undefined: such rows are left out of its mean, nan if no row is left)."""
     z, r = logits[:, :V], ref_logp[:, :V]
     ok = jnp.isfinite(r)
     r0 = jnp.where(ok, r, 0.0)
@@ -40,7 +40,8 @@ def near_stats(logits, ref_logp, rows, V: int) -> dict:
     varies = jnp.sum(dev * dev, -1) > 1e-12
     w = rows.astype(z.dtype)
     wp = w * varies
-    out = {"near_pearson": jnp.sum(wp * _pearson(z, r0, ok)) / jnp.maximum(jnp.sum(wp), 1.0)}
+    out = {"near_pearson": jnp.where(jnp.sum(wp) > 0, jnp.sum(wp * _pearson(z, r0, ok))
+                                     / jnp.maximum(jnp.sum(wp), 1.0), jnp.nan)}
     low = jnp.where(ok, r, jnp.min(jnp.where(ok, r, jnp.inf), -1, keepdims=True) - 1.0)
     every = jnp.ones_like(ok)
     out["near_concordance"] = jnp.sum(w * concordance(z, low)) / jnp.maximum(jnp.sum(w), 1.0)
@@ -70,12 +71,14 @@ def concordance(z, r):
 def copy_bias(logp, counts, word_topic, T: int):
     """P-copy's copy bias G(O) per context (claim S2): within each topic seen in O, the mean
     log-probability of its words present in O minus that of its words absent from O, averaged
-    over the topics that have both (0 where none has). Comparing inside a topic keeps the
+    over the topics that have both. Comparing inside a topic keeps the
     topic's own share out: the Bayes predictor of disjoint uniform topics gives every word of a
     topic the same probability, hence exactly 0; G > 0 is preference for copying a seen token.
 
     logp (R, V) model log-probabilities over the content words, counts (R, V) the visible
-    counts of each word, word_topic (V,) int. Returns (R,)."""
+    counts of each word, word_topic (V,) int. Returns (G (R,), informative (R,) bool): G is 0
+    and uninformative where no seen topic has both present and absent words (long documents
+    see every word of their topics)."""
     onehot = (word_topic[:, None] == jnp.arange(T)[None, :]).astype(logp.dtype)  # (V, T)
     seen = (counts > 0).astype(logp.dtype)
     # words of topics absent from O may be impossible (-inf): they never enter a seen topic's
@@ -86,7 +89,7 @@ def copy_bias(logp, counts, word_topic, T: int):
     both = (n_in > 0) & (n_out > 0)
     g = jnp.where(both, s_in / jnp.maximum(n_in, 1.0) - s_out / jnp.maximum(n_out, 1.0), 0.0)
     k = jnp.sum(both, -1)
-    return jnp.where(k > 0, jnp.sum(g, -1) / jnp.maximum(k, 1), 0.0)
+    return jnp.where(k > 0, jnp.sum(g, -1) / jnp.maximum(k, 1), 0.0), k > 0
 
 
 def average_ranks(x):

@@ -1,6 +1,9 @@
 """The embedding-space probes (EMBEDDING_SPACE.md §3; claims S1-S6 of Singh 2023), registered.
 
-Opt-in: list them in `train.probes` (or `topicdyn probe RUN --probes ...`). Every probe reads the
+Opt-in: list them in `train.probes` (or `topicdyn probe RUN --probes ...`); they need
+mask.key_set=unselected (the query is never a key of a constructed context), and the probes on
+constructed contexts (copy, coh, sample, walk) a model without positions (the contexts do not
+keep the training positions). Every probe reads the
 variant's own `apply` on the evaluation set or on constructed contexts (probes/contexts.py,
 constants in probes/singh_setup.py) and logs, beside each model statistic, its exact Bayes
 reference on the same contexts (`*_bayes`), so a plot or a verdict compares like with like.
@@ -28,8 +31,8 @@ import numpy as np
 
 from topicdyn.masking import QUERY_KINDS
 from topicdyn.models import get_variant
-from topicdyn.models.variant import CONTEXT_VECTOR, MLM, TRAINED_ATTENTION, TRAINED_EMBEDDING, \
-    VALUE_MAP, label_tree
+from topicdyn.models.variant import (CONTEXT_VECTOR, MLM, NO_POSITIONS, TRAINED_ATTENTION,
+                                     TRAINED_EMBEDDING, VALUE_MAP, label_tree)
 from topicdyn.probes import register
 from topicdyn.probes.embedding_space import (concept_stats, copy_bias, mean_se, near_stats,
                                              novel_ratio, ridge_r2, spearman, walk_offset)
@@ -101,7 +104,7 @@ def probe_red(params, params0, ctx) -> dict:
     return out
 
 
-@register("copy", requires=(MLM,), separate=True)
+@register("copy", requires=(MLM, NO_POSITIONS), separate=True)
 def probe_copy(params, params0, ctx) -> dict:
     """P-copy: copy bias G(O) at the eval set's [MASK] queries (Bayes: 0 for disjoint uniform
     topics) and the novel-association ratio B(r) (Bayes: 1), each with its Bayes value on the
@@ -111,10 +114,12 @@ def probe_copy(params, params0, ctx) -> dict:
     wt = jnp.asarray(ctx.word_topic)
     out = {}
     lp = _logp(_eval_mask_rows(params, ctx)["logits"])[:, :V]
-    out["copy_bias"], out["copy_bias_se"] = mean_se(copy_bias(lp, es["mask_counts"], wt, T))
+    g, info = copy_bias(lp, es["mask_counts"], wt, T)
+    out["copy_bias"], out["copy_bias_se"] = mean_se(g, info)  # over the informative queries
+    out["copy_bias_rows"] = jnp.sum(info).astype(jnp.float32)
     if "mask_bayes" in es:
-        out["copy_bias_bayes"] = mean_se(copy_bias(es["mask_bayes"][:, :V],
-                                                   es["mask_counts"], wt, T))[0]
+        gb, _ = copy_bias(es["mask_bayes"][:, :V], es["mask_counts"], wt, T)
+        out["copy_bias_bayes"] = mean_se(gb, info)[0]
     lpn = _logp(at_queries(params, cfg, es["novel_batch"], es["novel_qpos"])["logits"])[:, :V]
     ratio = novel_ratio(lpn, es["novel_a"], es["novel_other"])
     rs = es["novel_rs"]
@@ -134,13 +139,15 @@ def _coh_stats(lp_target, shape, exact=None) -> dict:
     pair = lp_target[:4 * n_pair].reshape(n_pair, 4)
     defect = jnp.abs(pair[:, 0] + pair[:, 1] - pair[:, 2] - pair[:, 3])
     chain = lp_target[4 * n_pair:].reshape(n_chain, K, m).sum(-1)  # (docs, orders)
-    out = {"pair_defect": defect.mean(), "order_sd": jnp.std(chain, -1, ddof=1).mean()}
+    out = {"pair_defect": defect.mean(),
+           "pair_defect_se": jnp.std(defect, ddof=1) / jnp.sqrt(defect.shape[0]),
+           "order_sd": jnp.std(chain, -1, ddof=1).mean()}
     if exact is not None:
         out["exact_gap"] = jnp.mean(jnp.abs(chain.mean(-1) - exact)) / m
     return out
 
 
-@register("coh", requires=(MLM,), separate=True)
+@register("coh", requires=(MLM, NO_POSITIONS), separate=True)
 def probe_coh(params, params0, ctx) -> dict:
     """P-coh: path-coherence defect |[log P(w|O) + log P(w'|O+w)] - [log P(w'|O) +
     log P(w|O+w')]| (0 for any single joint distribution), the s.d. over orders of the
@@ -155,7 +162,7 @@ def probe_coh(params, params0, ctx) -> dict:
     if "coh_bayes" in es:
         ref = _coh_stats(jnp.take_along_axis(es["coh_bayes"], t, -1)[:, 0], es["coh_shape"],
                          es.get("coh_exact"))
-        out.update({f"{k}_bayes": v for k, v in ref.items()})
+        out.update({f"{k}_bayes": v for k, v in ref.items() if not k.endswith("_se")})
     return out
 
 
@@ -195,12 +202,14 @@ def probe_near(params, params0, ctx) -> dict:
     return out
 
 
-@register("walk", requires=(MLM, CONTEXT_VECTOR), separate=True)
+@register("walk", requires=(MLM, NO_POSITIONS, CONTEXT_VECTOR), separate=True)
 def probe_walk(params, params0, ctx) -> dict:
     """P-walk: composition linearity delta = ||h(O) - l h(O1) - (1-l) h(O2)|| / ||h(O)|| per
     head slice (l: the layer-1 attention share of O1's keys, or |O1|/|O| without attention),
     and the offset c of the step sizes of the walk h(x[:n]) (Bayes: the same fit to
-    E[theta | x[:n]]; plain mean pooling: 0)."""
+    E[theta | x[:n]], Dirichlet prior only: under k-topics with equal weights the posterior
+    mean moves only when a new topic appears; mean pooling with s sink keys (START/END): about
+    s)."""
     es, cfg = ctx.es, ctx.cfg
     res = at_queries(params, cfg, es["walk_batch"], es["walk_qpos"], capture=True)
     n_doc, n_w = es["walk_shape"]
@@ -208,7 +217,7 @@ def probe_walk(params, params0, ctx) -> dict:
     walk = h[:n_doc * n_w].reshape(n_doc, n_w, -1)
     steps = jnp.linalg.norm(walk[:, 1:] - walk[:, :-1], axis=-1).mean(0)
     out = {"walk_c": walk_offset(steps)}
-    if "walk_bayes_post" in es:
+    if "walk_bayes_post" in es and cfg.data.prior == "dirichlet":
         post = es["walk_bayes_post"][:n_doc * n_w].reshape(n_doc, n_w, -1)
         out["walk_c_bayes"] = walk_offset(
             jnp.linalg.norm(post[:, 1:] - post[:, :-1], axis=-1).mean(0))
@@ -252,7 +261,8 @@ def probe_concept(params, params0, ctx) -> dict:
 @register("pmi", requires=(MLM, VALUE_MAP), separate=True)
 def probe_pmi(params, params0, ctx) -> dict:
     """P-pmi: Spearman of the centred embedding Gram <e_w, e_w'> (w != w') with the exact PMI,
-    and of the layer-1 value map entries [w', w] with log P(w | w') (all content pairs)."""
+    and of the layer-1 value map entries [w', w] with log P(w | w') (all content pairs, each
+    row centred: a row constant is invisible to the loss)."""
     es, cfg = ctx.es, ctx.cfg
     V = cfg.data.V
     mats = get_variant(cfg.model.name).matrices(params, cfg)
@@ -261,9 +271,11 @@ def probe_pmi(params, params0, ctx) -> dict:
     if "E" in mats:
         E = mats["E"][:V] - mats["E"][:V].mean(0)
         out["pmi_gram_spearman"] = spearman((E @ E.T)[off], es["pmi"][off])
-    if "value_map/1" in mats:
-        out["pmi_value_spearman"] = spearman(mats["value_map/1"][:V, :V].reshape(-1),
-                                             es["log_cond"].reshape(-1))
+    if "value_map/1" in mats:  # a constant added to a row never reaches the softmax: centred
+        M = mats["value_map/1"][:V, :V]
+        lc = jnp.where(jnp.isfinite(es["log_cond"]), es["log_cond"], -1e4)
+        out["pmi_value_spearman"] = spearman((M - M.mean(1, keepdims=True)).reshape(-1),
+                                             (lc - lc.mean(1, keepdims=True)).reshape(-1))
     return out
 
 
@@ -300,7 +312,7 @@ def _doc_stats(words, cfg, wt):
     return out
 
 
-@register("sample", requires=(MLM,), separate=True)
+@register("sample", requires=(MLM, NO_POSITIONS), separate=True)
 def probe_sample(params, params0, ctx) -> dict:
     """P-sample: N_SAMPLE documents of sample_len words drawn by iterative unmasking (each word
     from P_m(. | words so far) over the content words, a fixed key) against generator

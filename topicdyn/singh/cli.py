@@ -28,8 +28,8 @@ STATS = [  # (probe stat, its Bayes reference stat or None, constant reference, 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="embedding_space.py", description=__doc__)
     ap.add_argument("--spec", default="scripts/sweeps/embedding_space.json")
-    ap.add_argument("--pmi-spec", default="scripts/sweeps/embedding_space_zipf.json",
-                    help="the small grid on Zipf topics where P-pmi is graded")
+    ap.add_argument("--pmi-spec", default="scripts/sweeps/embedding_space_overlap.json",
+                    help="the small grid on overlapping topics where P-pmi is graded")
     ap.add_argument("--out-dir", default="results",
                     help="where EMBEDDING_SPACE.md and figures/embedding_space/ go")
     ap.add_argument("--reuse-only", action="store_true",
@@ -68,11 +68,16 @@ def main(argv=None) -> int:
     figs = [loss_figure(points, fig_dir / "loss.png")]
     for key, ref, const, title in STATS:
         name = key.split("/")[1]
+        # the walk's Bayes offset is defined for the Dirichlet prior only (under k-topics with
+        # equal weights the posterior mean moves only when a new topic appears)
+        only = (lambda p: p.cfg.data.prior == "dirichlet") if name == "walk_c" else None
         if any(p.series(key) is not None for p in points):
-            figs.append(stat_figure(points, key, ref, title, fig_dir / f"{name}.png", const))
+            figs.append(stat_figure(points, key, ref, title, fig_dir / f"{name}.png", const,
+                                    only))
     # the principal-component views: the T-head model on 3-topic 32-word documents (else the
     # first attention point of the grid)
-    show = [p for p in points if p.model != "E" and p.cfg.data.prior == "k_topics"
+    T = points[0].cfg.data.T
+    show = [p for p in points if p.model == f"A{T}" and p.cfg.data.prior == "k_topics"
             and p.cfg.data.k == 3 and p.cfg.data.N_min == p.cfg.data.N_max == 32] or \
         [p for p in points if p.model != "E"]
     if show:

@@ -22,9 +22,10 @@ def _grid(points: list[PointRun]):
 
 
 def stat_figure(points: list[PointRun], key: str, ref_key: str | None, title: str,
-                path: Path, const_ref: float | None = None) -> Path:
+                path: Path, const_ref: float | None = None, ref_if=None) -> Path:
     """One panel per (length, prior): key over training per model (seed band), the Bayes
-    reference ref_key (its seed mean at each checkpoint, dashed) or const_ref."""
+    reference ref_key (its seed mean at each checkpoint, dashed; only for the points where
+    ref_if(point) holds, if given) or const_ref."""
     priors, lengths = _grid(points)
     fig = new_figure(3.0 * len(priors), 2.4 * len(lengths))
     axes = fig.subplots(len(lengths), len(priors), squeeze=False, sharex=True)
@@ -40,7 +41,7 @@ def stat_figure(points: list[PointRun], key: str, ref_key: str | None, title: st
                     continue
                 band(ax, s[0], s[1], p.model, COLORS.get(p.model, "tab:green"),
                      LINESTYLES.get(p.model, ":"))
-                r = p.series(ref_key) if ref_key else None
+                r = p.series(ref_key) if ref_key and (ref_if is None or ref_if(p)) else None
                 if r is not None and not ref_drawn:
                     ax.plot(r[0][r[0] > 0], r[1].mean(1)[r[0] > 0], color="black", ls="--",
                             lw=1.0, label="Bayes")
