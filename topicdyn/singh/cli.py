@@ -85,6 +85,9 @@ def main(argv=None) -> int:
         figs += [f for f in pca_frames(show[-1], steps, fig_dir / "pca")
                  if f.suffix == ".gif" or f.stem.endswith(f"{steps[-1]:05d}")
                  or f.stem.endswith(f"{steps[1]:05d}")]
+    from topicdyn.reproduce.results import small_png
+    for f in sorted(fig_dir.rglob("*.png")):  # committed results: 256-colour palette PNGs
+        small_png(f, f)
     rel = [str(Path(f).relative_to(out)) for f in figs]
     path = write_report(points, out / "EMBEDDING_SPACE.md", rel, seconds,
                         "python scripts/embedding_space.py", pmi_points)
