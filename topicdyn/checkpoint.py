@@ -3,6 +3,9 @@
 Layout inside a run directory:
     checkpoints/<step>/...      orbax CheckpointManager (every checkpoint kept)
     checkpoints.jsonl           {"step", "sha256"} per checkpoint: hash of the params' bytes
+    checkpoint_files.jsonl      {"step", "files"}: {relative path: sha256} of the step's files
+                                on disk (orbax's bytes carry timestamps and random names, so
+                                they are kept apart from the deterministic index)
 """
 from __future__ import annotations
 
@@ -59,8 +62,44 @@ def quiet_orbax():
         absl.setLevel(level)
 
 
+FILES_INDEX = "checkpoint_files.jsonl"
+
+
+def file_hashes(step_dir: Path) -> dict[str, str]:
+    """{path relative to step_dir: sha256 of its bytes} for every file of a saved step."""
+    out = {}
+    for p in sorted(step_dir.rglob("*")):
+        if p.is_file():
+            out[p.relative_to(step_dir).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _check_files(step: int, run_dir) -> None:
+    """Raise CheckpointError when a step's files differ from those its index row recorded.
+
+    Checked before orbax reads anything: a read of damaged chunks fails inside tensorstore's
+    threads, which go on printing "Event loop is closed" tracebacks after the failure."""
+    rows = {r["step"]: r for r in read_jsonl(Path(run_dir) / FILES_INDEX, skip_bad=True)
+            if isinstance(r, dict) and "step" in r}  # the latest row for a step wins
+    want = rows.get(step, {}).get("files")
+    if not want:  # a run written before the manifest existed: orbax's read decides
+        return
+    step_dir = Path(run_dir) / "checkpoints" / str(step)
+    try:
+        got = file_hashes(step_dir)
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {step} of {run_dir} cannot be read ({e})") from e
+    for name in sorted(set(want) | set(got)):
+        if want.get(name) != got.get(name):
+            what = "missing" if name not in got else (
+                "not recorded" if name not in want else "damaged (its hash differs)")
+            raise CheckpointError(f"checkpoint {step} of {run_dir}: file {name} is {what}")
+
+
 def restore_checked(ck, step: int, like, run_dir) -> object:
-    """ck.restore(step, like), with a failure to read it as a CheckpointError."""
+    """ck.restore(step, like), with damaged files or a failure to read them as a
+    CheckpointError."""
+    _check_files(step, run_dir)
     try:
         with quiet_orbax():
             return ck.restore(step, like)
@@ -134,6 +173,11 @@ class Checkpointer:
                               or str(self.run_dir / "checkpoints" / str(step))) from e
             raise
         crash_point("checkpoint.saved", step)
+        files = file_hashes(self.run_dir / "checkpoints" / str(step))
+        with (self.run_dir / FILES_INDEX).open("a") as f:
+            f.write(json.dumps({"step": step, "files": files}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         with self.index.open("a") as f:
             f.write(json.dumps({"step": step, "sha256": digest}) + "\n")
             f.flush()

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, help="run directory (default: runs/<preset>-s<seed>-<time>)")
     t.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue RUN_DIR from its latest checkpoint, with its saved config")
+    t.add_argument("--twin", action="store_true",
+                   help="with data.source=corpus: train on synthetic documents of the LDA fitted "
+                        "to the corpus instead (its twin; needs the text extra)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--no-probes", action="store_true",
                    help="do not probe checkpoints while training (probe later with topicdyn probe)")
@@ -90,7 +93,27 @@ def _config_from_args(a) -> Config:
             raise ConfigError("preset: give either --preset or --config, not both")
     else:
         cfg = preset(a.preset or "F")
-    return apply_overrides(cfg, a.overrides) if a.overrides else cfg
+    cfg = apply_overrides(cfg, a.overrides) if a.overrides else cfg
+    if getattr(a, "twin", False):
+        if cfg.data.source != "corpus":
+            raise ConfigError("--twin: needs data.source=corpus (the twin is the LDA fitted to "
+                              "a corpus)")
+        import dataclasses
+
+        from topicdyn.corpus.lda import twin_config
+        cfg = twin_config(cfg)
+        cfg = dataclasses.replace(cfg, preset=f"{cfg.preset}-twin"[:64])
+    return cfg
+
+
+def _prepare_corpus(cfg: Config, run_dir: Path, probes: bool) -> None:
+    """A corpus run's LDA fit, read from or saved to run_dir/lda, where the probes' labels or
+    the model's topic-block W^V need it."""
+    if cfg.data.source == "corpus" and (probes or cfg.model.value == "topic_block"):
+        from topicdyn.corpus.lda import corpus_lda
+        print("fitting LDA topic labels (or reading them from the run directory) ...",
+              flush=True)
+        corpus_lda(cfg.data, cache_dir=Path(run_dir))
 
 
 def cmd_train(a) -> int:
@@ -112,6 +135,7 @@ def cmd_train(a) -> int:
     from topicdyn.faults import DirLock
     with DirLock(run_dir, "resume" if a.resume is not None else "out"):  # one writer, from here
         print(f"run directory: {run_dir}", flush=True)
+        _prepare_corpus(cfg, Path(run_dir), not a.no_probes)
         hook = None
         if not a.no_probes:
             _write_theory(cfg, Path(run_dir))
@@ -191,6 +215,7 @@ def cmd_probe(a) -> int:
         if unknown:
             raise ConfigError(f"--probes: unknown {', '.join(unknown)}; allowed: "
                               f"{', '.join(sorted(PROBES))}")
+    _prepare_corpus(load_config(a.run_dir), Path(a.run_dir), True)
     _write_theory(load_config(a.run_dir), a.run_dir, refresh=True)
     path = probe_run(a.run_dir, names)
     print(f"wrote {path}")

@@ -30,6 +30,9 @@ class Documents(NamedTuple):
 
 def topic_word_matrix(cfg: DataConfig) -> np.ndarray:
     """beta, shape (T, V): row t is the word distribution of topic t (float64, numpy)."""
+    if cfg.source == "corpus":
+        raise NotImplementedError("real text (data.source=corpus) has no generating topic-word "
+                                  "matrix; its LDA fit is topicdyn.corpus.lda.corpus_lda")
     T, v, V = cfg.T, cfg.v, cfg.V
     beta = np.zeros((T, V))
     if cfg.topic_words == "explicit":
@@ -49,6 +52,36 @@ def topic_word_matrix(cfg: DataConfig) -> np.ndarray:
 def word_topic(cfg: DataConfig) -> np.ndarray:
     """(V,) int: the topic that owns each word (for overlapping topics: the first one)."""
     return np.argmax(topic_word_matrix(cfg) > 0, axis=0)
+
+
+def topic_labels(cfg: DataConfig) -> np.ndarray:
+    """(V,) int: the topic each word is counted under by the probes, -1 for none: the LDA
+    labels of a corpus (topicdyn.corpus), data.labels where given, else word_topic."""
+    if cfg.source == "corpus":
+        from topicdyn.corpus.lda import corpus_lda
+        return corpus_lda(cfg).labels
+    if cfg.labels is not None:
+        return np.asarray(cfg.labels, dtype=np.int64)
+    return word_topic(cfg)
+
+
+def eval_data(cfg: DataConfig) -> DataConfig:
+    """The data config of evaluation documents: a corpus's held-out articles (the evaluation
+    set and the population estimate never see a training article), else cfg itself."""
+    if cfg.source == "corpus":
+        import dataclasses
+        return dataclasses.replace(cfg, split="heldout")
+    return cfg
+
+
+def unigram(cfg: DataConfig) -> np.ndarray:
+    """(V,) marginal word distribution: beta averaged over topics (the symmetric prior's
+    E[theta_t] = 1/T), or a corpus's training-split word frequencies."""
+    if cfg.source == "corpus":
+        from topicdyn.corpus.text import load_corpus
+        c = load_corpus(cfg).counts.astype(np.float64)
+        return c / c.sum()
+    return topic_word_matrix(cfg).mean(0)
 
 
 def _categorical_icdf(u: jax.Array, cdf: jax.Array) -> jax.Array:
@@ -121,6 +154,11 @@ def _mulhi(r: jax.Array, n: int) -> jax.Array:
     uniform integer in [0, n) with bias at most n / 2^32."""
     n = jnp.uint32(n)
     return ((r >> 16) * n + (((r & 0xFFFF) * n) >> 16)) >> 16
+
+
+def uniform_below(r: jax.Array, n: int) -> jax.Array:
+    """int32 uniform integers in [0, n) from uint32 words r (0 < n <= 2^16; see _mulhi)."""
+    return _mulhi(r, n).astype(jnp.int32)
 
 
 def _threshold(p: float) -> int:
@@ -317,6 +355,9 @@ def documents_from_words(kw: jax.Array, r: jax.Array, cfg: DataConfig, B: int) -
     """Documents from document_words(cfg, B) random words r (one threefry kernel for the whole
     batch: each separate one costs ~0.3 s of compile time); kw seeds the rare extra rounds of
     theta (its rejection sampler draws in rounds from its own counter block)."""
+    if cfg.source == "corpus":
+        from topicdyn.corpus.windows import window_documents
+        return window_documents(r, cfg, B)
     L, off = cfg.seq_len, (1 if cfg.start_end else 0)
     theta = sample_theta(derive_key(kw, 0), cfg, B)
     length = cfg.N_min + _mulhi(r[B * L:B * L + B], cfg.N_max - cfg.N_min + 1).astype(jnp.int32)

@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from topicdyn.checkpoint import Checkpointer
+from topicdyn.checkpoint import FILES_INDEX, Checkpointer
 from topicdyn.config import Config
 from topicdyn.jsonl import read_jsonl, write_atomic
 
@@ -57,7 +57,8 @@ def prepare_point(cfg: Config, run_dir: Path, start: int) -> None:
     write_config(cfg, run_dir / "config.json")
     (run_dir / "verdicts.jsonl").unlink(missing_ok=True)
     (run_dir / "diverged.json").unlink(missing_ok=True)
-    files = ("metrics.jsonl", "timing.jsonl", "probes.jsonl", "checkpoints.jsonl")
+    files = ("metrics.jsonl", "timing.jsonl", "probes.jsonl", "checkpoints.jsonl",
+             FILES_INDEX)
     if start == 0:
         for f in files:
             (run_dir / f).unlink(missing_ok=True)

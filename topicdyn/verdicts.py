@@ -76,8 +76,16 @@ def run_predictions(cfg: Config, n_docs: int = THEORY_DOCS, n_batches: int = THE
                  "sample_sizes": {"optima_docs": n_docs, "floor_batches": n_batches,
                                   "floor_batch_docs": cfg.data.batch_size,
                                   "eval_docs": cfg.train.n_eval}}
+    if cfg.data.source == "corpus":
+        out["note"] = ("real text (data.source=corpus): no generator, so no Bayes floor or "
+                       "optima; its LDA-fitted twin (topicdyn train --twin) has them")
+        return out
     if loss == "ce" and traits & {MLM, CAUSAL}:
-        b = bayes_loss(cfg, n_batches=n_batches, seed=seed + 12345)
+        try:
+            b = bayes_loss(cfg, n_batches=n_batches, seed=seed + 12345)
+        except NotImplementedError as e:
+            out["note"] = f"no Bayes floor: {e}"
+            return out
         name, why = reachable_floor(cfg, traits)
         out["floors"] = named_floors(cfg, b)
         out["reachable_floor"] = {"name": name, "why": why}

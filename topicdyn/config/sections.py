@@ -41,6 +41,20 @@ class DataConfig:
     N_max: int = 150
     start_end: bool = True  # wrap each document in START ... END
     batch_size: int = 40
+    # explicit mode: the topic each word is counted under by the probes (-1: none), e.g. the
+    # labels of an LDA fit (topicdyn.corpus.twin_data); None: the generator's own topics
+    labels: tuple[int, ...] | None = None
+    # ---- real text (topicdyn.corpus; needs the text extra for LDA labels) ----
+    # lda: documents from the generator above; corpus: windows of N_min..N_max tokens of the
+    # articles of data.corpus (T: the topics of the LDA fitted to them for the labels)
+    source: str = "lda"
+    corpus: str = "gensim:wiki250"  # gensim:wiki250 (the sample gensim ships) or a text file
+    vocab_size: int = 1000  # content words: the most frequent of the training articles
+    oov: str = "drop"  # other words: drop them | unk (the last content id is UNK)
+    heldout: float = 0.1  # share of the articles held out (evaluation set, population loss)
+    split: str = "train"  # articles the training batches come from: train | heldout
+    label_threshold: float = 0.5  # a word's LDA label counts where P(topic | word) >= this
+    lda_passes: int = 10  # gensim LdaModel passes of the label fit
 
     def __post_init__(self):
         int_in("data.T", self.T, 1, MAX_TOPICS)
@@ -71,10 +85,41 @@ class DataConfig:
               f"an integer in [N_min = {self.N_min}, {MAX_LENGTH}]", self.N_max)
         check(isinstance(self.start_end, bool), "data.start_end", "true or false", self.start_end)
         int_in("data.batch_size", self.batch_size, 1, MAX_BATCH)
+        if self.labels is not None:
+            check(self.topic_words == "explicit", "data.labels",
+                  "null unless topic_words=explicit", "a list")
+            check(len(self.labels) == self.V and all(is_int(x) and -1 <= x < self.T
+                                                      for x in self.labels), "data.labels",
+                  f"{self.V} integers in [-1, T-1] = [-1, {self.T - 1}]", self.labels)
+        choice("data.source", self.source, ("lda", "corpus"))
+        check(isinstance(self.corpus, str) and self.corpus != "", "data.corpus",
+              "gensim:wiki250 or the path of a text file (one document per line)", self.corpus)
+        int_in("data.vocab_size", self.vocab_size, 2, MAX_WORDS)
+        choice("data.oov", self.oov, ("drop", "unk"))
+        check(is_num(self.heldout) and 0 < self.heldout < 1, "data.heldout",
+              "a number in (0, 1)", self.heldout)
+        choice("data.split", self.split, ("train", "heldout"))
+        prob("data.label_threshold", self.label_threshold)
+        int_in("data.lda_passes", self.lda_passes, 1, 1000)
+        defaults = DataConfig.__dataclass_fields__
+        if self.source == "corpus":  # the generator's fields would silently mean nothing
+            for name in GENERATOR_FIELDS:
+                check(getattr(self, name) == defaults[name].default, f"data.{name}",
+                      f"its default {defaults[name].default!r} with data.source=corpus (the "
+                      "text is the generator)", getattr(self, name))
+            from topicdyn.corpus.text import check_corpus  # late: corpus imports config
+            check_corpus(self)
+        else:
+            for name in CORPUS_FIELDS:
+                check(getattr(self, name) == defaults[name].default, f"data.{name}",
+                      f"its default {defaults[name].default!r} unless data.source=corpus",
+                      getattr(self, name))
 
     @property
     def V(self) -> int:
         """Number of content words."""
+        if self.source == "corpus":
+            return self.vocab_size
         if self.topic_words == "explicit":
             return len(self.beta[0])
         if self.topic_words == "overlap":
@@ -104,6 +149,12 @@ class DataConfig:
     @property
     def PAD(self) -> int:
         return self.V + 3
+
+
+GENERATOR_FIELDS = ("v", "topic_words", "overlap", "zipf_s", "beta", "labels", "prior", "alpha",
+                    "k", "k_weights")
+CORPUS_FIELDS = ("corpus", "vocab_size", "oov", "heldout", "split", "label_threshold",
+                 "lda_passes")
 
 
 @dataclass(frozen=True)
@@ -304,6 +355,9 @@ class Config:
         from topicdyn.probes.singh import ES_PROBES  # late: probes import config
 
         es = sorted(set(self.train.probes) & set(ES_PROBES))
+        check(not es or self.data.source == "lda", "train.probes",
+              "no embedding-space probe with data.source=corpus (their references need the "
+              "generator)", ",".join(es))
         check(not es or self.mask.key_set == "unselected", "train.probes",
               "no embedding-space probe unless mask.key_set=unselected (their constructed "
               "contexts never make the query a key)", ",".join(es))

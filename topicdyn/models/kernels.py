@@ -44,7 +44,9 @@ LOSS_INVARIANT = frozenset({
 _ANY_DATA_MASK = {f: ANY for f in (
     "data.T", "data.v", "data.topic_words", "data.overlap", "data.zipf_s", "data.beta",
     "data.prior", "data.alpha", "data.k", "data.k_weights", "data.N_min", "data.N_max",
-    "data.start_end", "data.batch_size",
+    "data.start_end", "data.batch_size", "data.labels", "data.source", "data.corpus",
+    "data.vocab_size", "data.oov", "data.heldout", "data.split", "data.label_threshold",
+    "data.lda_passes",
     "mask.p_mask", "mask.p_replace_mask", "mask.p_replace_random", "mask.p_keep",
     "mask.random_source", "mask.key_set")}
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from topicdyn.config import Config
-from topicdyn.data import word_topic
+from topicdyn.data import topic_labels
 from topicdyn.models import register
 from topicdyn.models import variant as tr
 from topicdyn.models.layers import attention_layer, const, normal, query_key_mask, sinusoidal_table
@@ -29,11 +29,14 @@ from topicdyn.models.variant import LinenVariant, trainable_groups
 
 
 def topic_block_matrix(cfg: Config) -> np.ndarray:
-    """(d, d): 1 between two content words of the same topic, 0 elsewhere (specials 0)."""
+    """(d, d): 1 between two content words of the same topic, 0 elsewhere (specials 0). The
+    topics are the probes' labels (data.topic_labels); a word without one (-1, e.g. below an
+    LDA fit's confidence threshold) is a block of its own."""
     d, V = cfg.d_model, cfg.data.V
-    wt = word_topic(cfg.data)
+    wt = topic_labels(cfg.data)
     m = np.zeros((d, d), np.float32)
-    m[:V, :V] = (wt[:, None] == wt[None, :]).astype(np.float32)
+    m[:V, :V] = ((wt[:, None] == wt[None, :]) & (wt[:, None] >= 0)).astype(np.float32)
+    m[np.arange(V), np.arange(V)] = 1.0
     return m
 
 

@@ -76,9 +76,10 @@ def vocab_matrices(params: dict, cfg: Config) -> dict[str, np.ndarray]:
 
 def topic_order(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """(order, topic of each sorted word): a stable sort of the content words by topic."""
-    from topicdyn.data import word_topic
+    from topicdyn.data import topic_labels
 
-    wt = word_topic(cfg.data)
+    wt = topic_labels(cfg.data)
+    wt = np.where(wt < 0, cfg.data.T, wt)  # words without a label (LDA fits) last
     order = np.argsort(wt, kind="stable")
     return order, wt[order]
 
@@ -165,14 +166,16 @@ def plot_matrices(run_dir: str | Path, out: str | Path, step: int | None = None,
 def pick_documents(batch, cfg: Config, n: int) -> np.ndarray:
     """The n evaluation documents with the most topics among their shown words (the most mixed,
     so topic bias is visible), ties broken by document index."""
-    from topicdyn.data import word_topic
+    from topicdyn.data import topic_labels
 
-    wt = word_topic(cfg.data)
+    wt = topic_labels(cfg.data)
+    wt = np.where(wt < 0, cfg.data.T, wt)  # no label: a bin of its own, not counted
     inp, ok = np.asarray(batch.inputs), np.asarray(batch.valid) & (np.asarray(batch.inputs)
                                                                   < cfg.data.V)
     eff = []
     for b in range(inp.shape[0]):
-        counts = np.bincount(wt[inp[b][ok[b]]], minlength=cfg.data.T).astype(float)
+        counts = np.bincount(wt[inp[b][ok[b]]], minlength=cfg.data.T + 1)[:cfg.data.T]
+        counts = counts.astype(float)
         p = counts / max(counts.sum(), 1)
         nz = p[p > 0]
         eff.append(float(np.exp(-(nz * np.log(nz)).sum())) if nz.size else 0.0)
@@ -183,10 +186,11 @@ def attention_panel(attn: np.ndarray, inputs: np.ndarray, key_mask: np.ndarray,
                     valid: np.ndarray, cfg: Config):
     """(log2 normalised attention sorted (queries x keys), query topics, key topics) for one
     document; attn (L, L) averaged over heads. Special keys (START, END) come last."""
-    from topicdyn.data import word_topic
+    from topicdyn.data import topic_labels
 
     V, T = cfg.data.V, cfg.data.T
-    wt = word_topic(cfg.data)
+    wt = topic_labels(cfg.data)
+    wt = np.where(wt < 0, T, wt)  # no label: with the specials
     lab = np.where(inputs < V, wt[np.minimum(inputs, V - 1)], T)
     q = np.flatnonzero(valid & (inputs < V))
     k = np.flatnonzero(key_mask)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from topicdyn.config import Config
-from topicdyn.data import topic_word_matrix, word_topic
+from topicdyn.data import eval_data, topic_labels, unigram
 from topicdyn.masking import MLMBatch, sample_batch
 from topicdyn.models import get_variant
 from topicdyn.models.layers import query_key_mask
@@ -79,9 +79,10 @@ class ProbeContext:
 
 def eval_batch(cfg: Config) -> MLMBatch:
     """The run's fixed evaluation documents: train.n_eval documents from its eval stream,
-    identical at every checkpoint and for the eval-set theory values (verdicts)."""
+    identical at every checkpoint and for the eval-set theory values (verdicts); for a corpus,
+    windows of its held-out articles."""
     return jax.jit(sample_batch, static_argnums=(1, 2, 3), compiler_options=compile_options())(
-        stream_key(cfg.train.seed, EVAL_STREAM), cfg.data, cfg.mask, cfg.train.n_eval)
+        stream_key(cfg.train.seed, EVAL_STREAM), eval_data(cfg.data), cfg.mask, cfg.train.n_eval)
 
 
 def make_context(cfg: Config, with_bayes: bool = True,
@@ -92,12 +93,12 @@ def make_context(cfg: Config, with_bayes: bool = True,
     cost). names: the probes to be run (default cfg.train.probes); the embedding-space
     constants are built only when one of them needs them."""
     batch = eval_batch(cfg)
-    wt = word_topic(cfg.data)
+    wt = topic_labels(cfg.data)
     V, nv = cfg.data.V, cfg.data.n_vocab
     labels = np.full(nv, -1)
     labels[:V] = wt
     uni = np.zeros(nv)
-    uni[:V] = topic_word_matrix(cfg.data).mean(0)  # symmetric prior: E[theta_t] = 1/T
+    uni[:V] = unigram(cfg.data)
     bayes = visible = None
     if with_bayes and get_variant(cfg.model.name).traits(cfg) & {MLM, CAUSAL}:
         try:
@@ -305,3 +306,4 @@ def make_prober(ctx: ProbeContext, names=DEFAULT_PROBES):
 
 
 from topicdyn.probes import singh as _singh  # noqa: E402,F401  (registers the embedding-space probes)
+from topicdyn.probes import permuted as _permuted  # noqa: E402,F401  (the label-permutation baseline)

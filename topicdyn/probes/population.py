@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from topicdyn.config import Config
+from topicdyn.data import eval_data
 from topicdyn.masking import QUERY_KINDS, MLMBatch, sample_batch
 from topicdyn.models import get_variant
 from topicdyn.models.fast import fast_supported, row_logits, vocab_tables
@@ -39,7 +40,8 @@ def pop_batch(cfg: Config):
     """The n_pop_eval documents (numpy MLMBatch), drawn from the population-eval stream."""
     return jax.device_get(jax.jit(sample_batch, static_argnums=(1, 2, 3),
                                   compiler_options=compile_options())(
-        stream_key(cfg.train.seed, POP_EVAL_STREAM), cfg.data, cfg.mask, cfg.train.n_pop_eval))
+        stream_key(cfg.train.seed, POP_EVAL_STREAM), eval_data(cfg.data), cfg.mask,
+        cfg.train.n_pop_eval))
 
 
 def prepare(cfg: Config) -> dict | None:

@@ -46,8 +46,9 @@ def reference_labels(cfg: Config) -> np.ndarray:
 
 
 def applies(cfg: Config) -> bool:
-    """Their documents start with START: the emulation needs data.start_end."""
-    return bool(cfg.data.start_end)
+    """Their documents start with START: the emulation needs data.start_end; their labelling
+    is of a generator's topics (none for real text)."""
+    return bool(cfg.data.start_end) and cfg.data.source == "lda"
 
 
 def reference_batch(cfg: Config, batch) -> MLMBatch:

@@ -31,10 +31,15 @@ def center_rows(M: jnp.ndarray, V: int) -> jnp.ndarray:
 
 
 def block_stats(M: jnp.ndarray, word_topic: np.ndarray) -> dict:
-    """Block statistics of M[:V, :V] (see module doc). M: (>=V, >=V)."""
-    V = len(word_topic)
+    """Block statistics of M[:V, :V] (see module doc), over the words with a topic (a label
+    of -1, e.g. below an LDA fit's threshold, leaves the word out). M: (>=V, >=V)."""
+    wt = np.asarray(word_topic)
+    V = len(wt)
     A = M[:V, :V]
-    eye, same, cross = group_masks(word_topic)
+    if (wt < 0).any():
+        keep = np.flatnonzero(wt >= 0)
+        A, wt = A[keep][:, keep], wt[keep]
+    eye, same, cross = group_masks(wt)
     out, fitted = {}, jnp.zeros_like(A)
     for name, m in (("diag", eye), ("same", same), ("cross", cross)):
         cnt = max(int(m.sum()), 1)

@@ -229,6 +229,9 @@ def _sample_log_dirichlet(rng, a: np.ndarray, n: int) -> np.ndarray:
     return g - _logsumexp(g, axis=1)[:, None]
 
 
+MAX_IMPORTANCE_V = 300  # above: hours of CPU for a run's floors (e.g. an LDA-fitted twin)
+
+
 def _importance(counts: np.ndarray, cfg: Config, q: float, r: float, n: int, rng
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Self-normalised importance sampling for one row: (mean (T,), word (V,), word_cov (V, V))
@@ -289,6 +292,11 @@ def topic_posterior(cfg: Config, counts: np.ndarray, q: float | None = None,
         mean = np.stack([_dp_posterior(c, cfg, own, q, r) for c in uniq])
         method = "exact DP"
     else:
+        if d.V > MAX_IMPORTANCE_V:
+            raise NotImplementedError(
+                f"the Bayes posterior for this topic-word matrix is importance sampling with a "
+                f"V x V covariance per context (n_theta V^2 work each); at V = {d.V} > "
+                f"{MAX_IMPORTANCE_V} it is not computed")
         rng = np.random.default_rng(seed)
         res = [_importance(c, cfg, q, r, n_theta, rng) for c in uniq]
         mean = np.stack([x[0] for x in res])
