@@ -7,6 +7,7 @@ Each configuration below is compiled once (module-scoped batches) to keep the ru
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -337,3 +338,23 @@ def test_jit_and_vmap(overlap_docs):
     assert d.tokens.dtype == np.int32 and d.topics.dtype == np.int32
     assert d.length.dtype == np.int32 and d.theta.dtype == np.float32
     assert d.valid.dtype == np.bool_ and d.content.dtype == np.bool_
+
+
+def test_row_search_draw_equals_compare_all_draw():
+    """The large-vocabulary word draw (a binary search per position) gives exactly the index of
+    the compare-all inverse CDF, ties at CDF values and zero-probability words included."""
+    from topicdyn.data import _categorical_icdf, _categorical_icdf_rows
+
+    rng = np.random.default_rng(0)
+    for K in (2, 7, 200, 1024):
+        p = rng.dirichlet(np.full(K, 0.3), size=5)
+        p[:, rng.integers(0, K, max(1, K // 3))] = 0
+        table = np.cumsum(p / p.sum(1, keepdims=True), 1).astype(np.float32)
+        rows = rng.integers(0, 5, 20000)
+        u = rng.uniform(size=20000).astype(np.float32)
+        k = rng.integers(0, K, 10000)  # half the draws exactly at a CDF value
+        u[:10000] = (table[rows[:10000], k] / table[rows[:10000], -1]).astype(np.float32)
+        want = np.asarray(_categorical_icdf(jnp.asarray(u), jnp.asarray(table)[rows]))
+        got = np.asarray(_categorical_icdf_rows(jnp.asarray(u), jnp.asarray(table),
+                                                jnp.asarray(rows)))
+        np.testing.assert_array_equal(got, want)

@@ -37,6 +37,21 @@ def test_stable_rank_closed_form():
     assert abs(float(stable_rank(jnp.asarray(M))) - (9 + 4 + 1) / 9) < 1e-4
 
 
+def test_stable_rank_of_large_matrices_matches_svd():
+    # above 64 columns the top eigenvalue comes from Lanczos iteration, not a dense solver
+    rng = np.random.default_rng(2)
+    M = rng.normal(size=(2, 300, 200)).astype(np.float32) * np.linspace(0.1, 1, 200)
+    M[1] += 5 * np.outer(rng.normal(size=300), rng.normal(size=200))  # one dominant direction
+    s = np.linalg.svd(M.astype(np.float64), compute_uv=False)
+    want = (s ** 2).sum(-1) / s[:, 0] ** 2
+    np.testing.assert_allclose(np.asarray(stable_rank(jnp.asarray(M))), want, rtol=1e-6)
+    C = M[0] - M[0].mean(1, keepdims=True)  # rows summing to 0: orthogonal to a constant vector
+    s = np.linalg.svd(C.astype(np.float64), compute_uv=False)
+    np.testing.assert_allclose(float(stable_rank(jnp.asarray(C))), (s ** 2).sum() / s[0] ** 2,
+                               rtol=1e-6)
+    assert float(stable_rank(jnp.zeros((300, 200)))) == 0.0
+
+
 def _authors_statistic(docs, attn, cut=100):
     """The authors' compare_topic_and_non_topic_attention as loops, in their vocabulary: docs
     are lists of their token ids (PAD 0, MASK 1, START 2, END 3, word w -> w + 4), attn[b] the

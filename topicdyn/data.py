@@ -91,6 +91,27 @@ def _categorical_icdf(u: jax.Array, cdf: jax.Array) -> jax.Array:
     return jnp.minimum(idx, cdf.shape[-1] - 1)
 
 
+def _categorical_icdf_rows(u: jax.Array, table: jax.Array, rows: jax.Array) -> jax.Array:
+    """_categorical_icdf(u, table[rows]) without materialising table[rows] (..., K): a binary
+    search for the count of CDF entries <= u (the same index, the rows being non-decreasing),
+    ceil(log2(K + 1)) gathers instead of K compares per draw. u (...,), table (R, K), rows
+    (...,) int."""
+    K = table.shape[1]
+    u = u * table[rows, K - 1]
+    lo = jnp.zeros(u.shape, jnp.int32)
+    hi = jnp.full(u.shape, K, jnp.int32)
+    for _ in range(max(1, math.ceil(math.log2(K + 1)))):
+        mid = (lo + hi) // 2
+        active = lo < hi
+        right = active & (table[rows, jnp.minimum(mid, K - 1)] <= u)
+        lo = jnp.where(right, mid + 1, lo)
+        hi = jnp.where(active & ~right, mid, hi)
+    return jnp.minimum(lo, K - 1)
+
+
+_SEARCH_FROM = 128  # words per topic CDF above which a draw searches instead of comparing all
+
+
 def _uniform_int(u: jax.Array, n: int) -> jax.Array:
     """Map u in [0, 1) to a uniform integer in [0, n)."""
     return jnp.minimum(jnp.floor(u * n).astype(jnp.int32), n - 1)
@@ -325,7 +346,10 @@ def _topic_and_word(r: jax.Array, theta: jax.Array, cfg: DataConfig):
         words = z * cfg.v + jnp.minimum(jnp.floor(f * cfg.v).astype(jnp.int32), cfg.v - 1)
     else:
         cdf_w = jnp.asarray(np.cumsum(topic_word_matrix(cfg), axis=1), jnp.float32)
-        words = _categorical_icdf(f, cdf_w[z])
+        if cfg.V > _SEARCH_FROM:
+            words = _categorical_icdf_rows(f, cdf_w, z)
+        else:
+            words = _categorical_icdf(f, cdf_w[z])
     return z.astype(jnp.int32), words.astype(jnp.int32)
 
 

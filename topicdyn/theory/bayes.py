@@ -104,21 +104,24 @@ def bayes_predictive(cfg: Config, batch, *, use_query_token: bool = True, n_thet
     with np.errstate(divide="ignore"):
         logp[..., :V] = np.log(p)
     se = None
-    if post.word_cov is not None:
+    if post.mean_cov is not None:
         se = np.zeros((B, L, nv))
         with np.errstate(divide="ignore", invalid="ignore"):
             se[..., :V] = np.where(g > 0, post.word_se[ctx_index] / g, 0.0)
             # selected rows: delta method through the normaliser of p = g*l / (g.l):
-            # var p_w = (l_w^2 C_ww - 2 l_w p_w (C l)_w + p_w^2 l.C.l) / (g.l)^2
+            # var p_w = (l_w^2 C_ww - 2 l_w p_w (C l)_w + p_w^2 l.C.l) / (g.l)^2 with
+            # C = beta^T K beta (K: the (T, T) covariance of the topic mean)
             bs, ls = np.nonzero(sel)
-            for i in range(0, len(bs), 256):  # chunks: C is (V, V) per position
+            bt = post.beta
+            for i in range(0, len(bs), 256):
                 b_, l_ = bs[i:i + 256], ls[i:i + 256]
-                C = post.word_cov[ctx_index[b_, l_]]
+                K = post.mean_cov[ctx_index[b_, l_]]
                 lk, pp, nn = lik[b_, l_], p[b_, l_], norm[b_, l_]
-                Cl = np.einsum("nvu,nu->nv", C, lk)
+                Kb = np.einsum("nts,sv->ntv", K, bt)  # K beta
+                Cl = np.einsum("tv,nts,ns->nv", bt, K, lk @ bt.T)
                 lCl = np.einsum("nv,nv->n", Cl, lk)[:, None]
-                var = (lk ** 2 * np.einsum("nvv->nv", C) - 2 * lk * pp * Cl
-                       + pp ** 2 * lCl) / nn ** 2
+                diag = np.einsum("tv,ntv->nv", bt, Kb)
+                var = (lk ** 2 * diag - 2 * lk * pp * Cl + pp ** 2 * lCl) / nn ** 2
                 se[b_, l_, :V] = np.where(pp > 0, np.sqrt(np.clip(var, 0, None)) / pp, 0.0)
     notes = {"conditioning": ("own shown token + key multiset" if use_query_token
                               else "key multiset only (own shown token ignored)"),

@@ -19,7 +19,10 @@ Estimators, chosen by `topic_posterior` (method string says which):
 - "exact subsets": k-topics prior with equal weights (theta takes C(T, k) values), any beta.
 - "importance sampling": anything else (overlapping topics): self-normalised importance sampling
   from a defensive mixture of Dirichlet proposals (EM fit, a wider one, the prior); returns the
-  delta-method covariance of the estimate.
+  delta-method covariance of the estimate as a (T, T) matrix K of the topic mean: the word
+  predictive is linear in theta (phi_theta = theta @ beta), so its covariance is exactly
+  beta^T K beta, formed only for the entries asked for (a V x V matrix per context would cost
+  n_theta V^2 work, hours for an LDA-fitted twin of a real vocabulary).
 """
 from __future__ import annotations
 
@@ -85,12 +88,24 @@ class TopicPosterior:
 
     mean: np.ndarray  # (M, T) E[theta | obs]
     word: np.ndarray  # (M, V) E[phi_theta(w) | obs] = mean @ beta: the context predictive
-    word_cov: np.ndarray | None  # (M, V, V) Monte Carlo covariance of `word` (None: exact)
+    mean_cov: np.ndarray | None  # (M, T, T) Monte Carlo covariance of `mean` (None: exact)
     method: str
+    beta: np.ndarray | None = None  # (T, V) the topic-word matrix (with mean_cov)
 
     @property
     def word_se(self) -> np.ndarray | None:
-        return None if self.word_cov is None else np.sqrt(np.einsum("mvv->mv", self.word_cov))
+        """(M, V) Monte Carlo s.e. of `word` (None: exact): sqrt(diag(beta^T K beta))."""
+        if self.mean_cov is None:
+            return None
+        var = np.einsum("tv,mts,sv->mv", self.beta, self.mean_cov, self.beta)
+        return np.sqrt(np.clip(var, 0.0, None))
+
+    def word_cov(self, rows: np.ndarray) -> np.ndarray | None:
+        """(n, V, V) Monte Carlo covariance of `word` for the given rows (None: exact)."""
+        if self.mean_cov is None:
+            return None
+        K = self.mean_cov[np.asarray(rows)]
+        return np.einsum("tv,nts,su->nvu", self.beta, K, self.beta)
 
 
 def _logsumexp(x: np.ndarray, axis=None) -> np.ndarray:
@@ -229,13 +244,11 @@ def _sample_log_dirichlet(rng, a: np.ndarray, n: int) -> np.ndarray:
     return g - _logsumexp(g, axis=1)[:, None]
 
 
-MAX_IMPORTANCE_V = 300  # above: hours of CPU for a run's floors (e.g. an LDA-fitted twin)
-
-
 def _importance(counts: np.ndarray, cfg: Config, q: float, r: float, n: int, rng
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Self-normalised importance sampling for one row: (mean (T,), word (V,), word_cov (V, V))
-    with the delta-method covariance sum_s w_s^2 (phi_s - word)(phi_s - word)^T."""
+    """Self-normalised importance sampling for one row: (mean (T,), word (V,), mean_cov (T, T))
+    with the delta-method covariance sum_s w_s^2 (theta_s - mean)(theta_s - mean)^T (that of
+    `word` is beta^T mean_cov beta)."""
     d, beta = cfg.data, beta_matrix(cfg)
     subs = np.ones((1, d.T), bool) if d.prior == "dirichlet" else topic_subsets(d.T, d.k)
     obs = counts > 0
@@ -264,10 +277,9 @@ def _importance(counts: np.ndarray, cfg: Config, q: float, r: float, n: int, rng
         logw.append(_log_dirichlet(lt, a0) - lq + ll)
     th, lw = np.concatenate(thetas), np.concatenate(logw)
     w = np.exp(lw - _logsumexp(lw))
-    phi = th @ beta
-    word = w @ phi
-    dev = w[:, None] * (phi - word)
-    return w @ th, word, dev.T @ dev
+    mean = w @ th
+    dev = w[:, None] * (th - mean)
+    return mean, mean @ beta, dev.T @ dev
 
 
 def topic_posterior(cfg: Config, counts: np.ndarray, q: float | None = None,
@@ -292,15 +304,10 @@ def topic_posterior(cfg: Config, counts: np.ndarray, q: float | None = None,
         mean = np.stack([_dp_posterior(c, cfg, own, q, r) for c in uniq])
         method = "exact DP"
     else:
-        if d.V > MAX_IMPORTANCE_V:
-            raise NotImplementedError(
-                f"the Bayes posterior for this topic-word matrix is importance sampling with a "
-                f"V x V covariance per context (n_theta V^2 work each); at V = {d.V} > "
-                f"{MAX_IMPORTANCE_V} it is not computed")
         rng = np.random.default_rng(seed)
         res = [_importance(c, cfg, q, r, n_theta, rng) for c in uniq]
         mean = np.stack([x[0] for x in res])
         method = f"importance sampling ({n_theta} theta draws per context)"
         return TopicPosterior(mean[inv], np.stack([x[1] for x in res])[inv],
-                              np.stack([x[2] for x in res])[inv], method)
+                              np.stack([x[2] for x in res])[inv], method, beta)
     return TopicPosterior(mean[inv], mean[inv] @ beta, None, method)
