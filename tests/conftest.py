@@ -1,8 +1,14 @@
 """Shared helpers: one jitted sampler (compiled once per config) and the default batch."""
 from __future__ import annotations
 
+import os
+
 import jax
 import pytest
+
+# the theory's disk tier is off in tests (tests/test_theory_cache.py turns it on in a temporary
+# directory): a test must compute what it checks, and must not write to the user's cache
+os.environ["TOPICDYN_THEORY_CACHE"] = "0"
 
 from topicdyn.config import DataConfig
 from topicdyn.data import sample_documents

@@ -251,3 +251,16 @@ def test_train_loss_fn_equals_loss_fn(case):
     for n in params:
         if get_variant(cfg.model.name).param_group((n,)) in train:
             _assert_close(gg[n], gt[n], f"{case} grad {n}")
+
+
+def test_row_ranks_equal_numpy_prefix_counts():
+    """The two-level blocked prefix sum (linear in B L) against numpy's cumsum, across block
+    boundaries, partial blocks and more block totals than one block holds."""
+    from topicdyn.models.lean import row_ranks
+
+    rng = np.random.default_rng(0)
+    for B, L, p in ((1, 1, 1.0), (3, 5, 0.5), (40, 152, 0.03), (7, 64 * 65 + 3, 0.9),
+                    (160, 602, 0.2)):
+        g = rng.uniform(size=(B, L)) < p
+        got = np.asarray(jax.jit(row_ranks)(jnp.asarray(g)))
+        np.testing.assert_array_equal(got, np.cumsum(g.reshape(-1)) - 1)

@@ -32,7 +32,8 @@ def test_hit_equals_a_fresh_computation_and_content_changes_miss():
     a = bayes_loss(cfg, n_batches=3)
     b = bayes_loss(apply_overrides(cfg, ["optim.lr=0.5", "train.seed=7", "model.init_scale=1"]),
                    n_batches=3)
-    assert b is a and _info(bayes_loss) == {"hits": 1, "misses": 1, "size": 1}
+    assert b is a and _info(bayes_loss) == {"hits": 1, "misses": 1, "size": 1,
+                                           "disk_hits": 0}
     fresh = bayes_loss.uncached(cfg, n_batches=3)
     assert (a.mean, a.stderr, a.baselines) == (fresh.mean, fresh.stderr, fresh.baselines)
 
@@ -86,3 +87,49 @@ def test_unknown_argument_types_are_not_cached():
     odd = object()
     assert (f(cfg, odd), f(cfg, odd)) == (1, 2)
     assert (f(cfg, 3), f(cfg, 3)) == (3, 3)
+
+
+def test_disk_tier_returns_what_a_fresh_computation_does(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOPICDYN_THEORY_CACHE", str(tmp_path))
+    cfg = preset("V", TINY)
+    a = bayes_loss(cfg, n_batches=3)
+    files = list(tmp_path.rglob("*.pkl"))
+    assert len(files) == 1 and _info(bayes_loss)["disk_hits"] == 0
+    cache.clear()  # a new process: the memory tier is empty
+    b = bayes_loss(cfg, n_batches=3)
+    assert _info(bayes_loss)["disk_hits"] == 1 and b is not a
+    fresh = bayes_loss.uncached(cfg, n_batches=3)
+    assert (b.mean, b.stderr, b.baselines, b.by_kind) == (fresh.mean, fresh.stderr,
+                                                          fresh.baselines, fresh.by_kind)
+    # another version of the code never reads this result
+    cache.clear()
+    monkeypatch.setattr(cache, "code_version", lambda: "another version")
+    bayes_loss(cfg, n_batches=3)
+    assert _info(bayes_loss)["disk_hits"] == 0 and len(list(tmp_path.rglob("*.pkl"))) == 2
+
+
+def test_disk_tier_recomputes_a_damaged_file_and_never_runs_code(tmp_path, monkeypatch):
+    import pickle
+
+    monkeypatch.setenv("TOPICDYN_THEORY_CACHE", str(tmp_path))
+    cfg = preset("V", TINY)
+    want = bayes_loss(cfg, n_batches=2).mean
+    (f,) = tmp_path.rglob("*.pkl")
+    for payload in (b"garbage", pickle.dumps(__import__("pathlib").Path("x"))):
+        f.write_bytes(payload)
+        cache.clear()
+        assert bayes_loss(cfg, n_batches=2).mean == want
+        assert _info(bayes_loss)["disk_hits"] == 0
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    f.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+        cache._SafeUnpickler(__import__("io").BytesIO(f.read_bytes())).load()
+    cache.clear()
+    assert bayes_loss(cfg, n_batches=2).mean == want  # and the file is replaced
+    cache.clear()
+    bayes_loss(cfg, n_batches=2)
+    assert _info(bayes_loss)["disk_hits"] == 1

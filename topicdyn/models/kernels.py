@@ -12,8 +12,11 @@ is a declaration checked field by field:
   fall back to the definition until someone declares it, and tests/test_kernels.py fails CI for
   an undeclared field, so a new switch never trains something other than the model written.
 
-`select(cfg)` returns the chosen kernel's name ("lean", "fast") or "generic"; with
-model.impl=fast and no exact kernel it raises a ConfigError naming the field that rules it out.
+`select(cfg)` returns the chosen implementation: of the kernels exact for cfg and the definition
+("generic"), the cheapest by the cost model (models/cost.py: the kernels' vocabulary tables grow
+as nv^2 and lose to the definition at large vocabularies). With model.impl=fast only the exact
+kernels compete (a ConfigError naming the field that rules the last one out if there is none);
+model.impl=generic is the definition.
 """
 from __future__ import annotations
 
@@ -125,28 +128,42 @@ def exact(kernel: Kernel, cfg) -> bool:
     return kernel.why_not(cfg) is None
 
 
-def select(cfg) -> str:
-    """The training-loss implementation for cfg: "lean", "fast" or "generic" (see module doc)."""
+def candidates(cfg) -> list[str]:
+    """The implementations select() chooses among for cfg (exact kernels in preference order,
+    then the definition unless model.impl=fast)."""
     impl = cfg.model.impl
     if impl == "generic":
-        return "generic"
-    for k in KERNELS:
-        if exact(k, cfg):
-            return k.name
+        return ["generic"]
+    out = [k.name for k in KERNELS if exact(k, cfg)]
     if impl == "fast":
-        from topicdyn.config import ConfigError
-        raise ConfigError(f"model.impl: no fast kernel is exact for this config: "
-                          f"{FAST.why_not(cfg)}; use auto or generic")
-    return "generic"
+        if not out:
+            from topicdyn.config import ConfigError
+            raise ConfigError(f"model.impl: no fast kernel is exact for this config: "
+                              f"{FAST.why_not(cfg)}; use auto or generic")
+        return out
+    return out + ["generic"]
+
+
+def select(cfg) -> str:
+    """The training-loss implementation for cfg: "lean", "fast" or "generic" (see module doc)."""
+    from topicdyn.models.cost import cheapest
+
+    c = candidates(cfg)
+    return c[0] if len(c) == 1 else cheapest(c, cfg)
 
 
 def record(cfg) -> dict:
-    """What trains and probes cfg: {"train_loss": ..., "probes": ..., "why_generic": ...}."""
+    """What trains and probes cfg: {"train_loss", "probes", "estimated_gflop_per_step" (the cost
+    model's figure for each candidate), "why_generic"}."""
+    from topicdyn.models.cost import describe
+
     train = select(cfg)
     probes = "vocab" if exact(FAST, cfg) else "generic"
-    out = {"train_loss": train, "probes": probes}
+    out = {"train_loss": train, "probes": probes,
+           "estimated_gflop_per_step": describe(candidates(cfg), cfg)}
     if train == "generic" and cfg.model.impl != "generic":
-        out["why_generic"] = FAST.why_not(cfg)
+        out["why_generic"] = (FAST.why_not(cfg) or "the cost model estimates the definition "
+                              "cheaper than every exact kernel at these shapes")
     return out
 
 

@@ -9,13 +9,28 @@ argument the key builder does not know is not guessed at: the call is simply not
 
 Cached results are shared, so their arrays are made read-only: a caller that wants to modify one
 must copy it (an in-place edit raises instead of corrupting the next caller's numbers).
+
+A second tier on disk shares results between processes (runs, sweeps, the reproduction and the
+benchmark compute the same floors and optima again and again): one file per result under
+`disk_dir()`/<function>/<sha256 of the key>.pkl, where the key includes a digest of topicdyn's
+own source files, so any change to the code (a sampler, an estimator) misses instead of
+returning a number the new code would not compute. Files are written aside and renamed (a kill
+leaves no torn file; a damaged one is recomputed and replaced) and read back with an unpickler
+that only builds numpy arrays, plain containers and topicdyn's own result classes (a file in the
+cache directory cannot run code). `TOPICDYN_THEORY_CACHE=0` turns the tier off;
+`TOPICDYN_THEORY_CACHE=DIR` moves it (default: $XDG_CACHE_HOME/topicdyn/theory, else
+~/.cache/topicdyn/theory).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import hashlib
+import io
+import os
+import pickle
 from collections import OrderedDict
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -83,6 +98,98 @@ def _freeze(x):
     return x
 
 
+# ---- the disk tier ------------------------------------------------------------------------------
+ENV = "TOPICDYN_THEORY_CACHE"
+
+
+def disk_dir() -> Path | None:
+    """Where the disk tier lives, or None when it is off (TOPICDYN_THEORY_CACHE=0)."""
+    v = os.environ.get(ENV, "")
+    if v == "0":
+        return None
+    if v:
+        return Path(v)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "topicdyn" / "theory"
+
+
+@functools.cache
+def code_version() -> str:
+    """SHA-256 of every .py file of the topicdyn package (sorted by path): the disk tier's
+    invalidation (a result computed by other code is never returned)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Builds numpy arrays and scalars, builtin containers and topicdyn's own classes only."""
+
+    ALLOWED = ("numpy", "builtins", "collections", "topicdyn.")
+
+    def find_class(self, module, name):
+        if module == "builtins" and name not in ("dict", "list", "tuple", "set", "frozenset",
+                                                 "float", "int", "complex", "str", "bytes",
+                                                 "slice", "range", "bool"):
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in the theory cache")
+        if not (module.startswith(self.ALLOWED[3]) or module.split(".")[0] in self.ALLOWED[:3]):
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in the theory cache")
+        return super().find_class(module, name)
+
+
+def _disk_path(name: str, key) -> Path | None:
+    d = disk_dir()
+    if d is None:
+        return None
+    h = hashlib.sha256(repr((name, key, code_version())).encode()).hexdigest()
+    return d / name / f"{h}.pkl"
+
+
+def _disk_read(path: Path | None):
+    if path is None:
+        return _UNKNOWN
+    try:
+        return _SafeUnpickler(io.BytesIO(path.read_bytes())).load()
+    except FileNotFoundError:
+        return _UNKNOWN
+    except Exception:  # noqa: BLE001 - damaged or foreign: recomputed and written again
+        return _UNKNOWN
+
+
+MAX_FILE_MB = 64  # larger results (log-probabilities of a big vocabulary) stay in memory only
+MAX_TOTAL_MB = 1024  # the oldest files go first when the tier outgrows this
+
+
+def _disk_write(path: Path | None, value) -> None:
+    if path is None:
+        return
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    if len(data) > MAX_FILE_MB * 2 ** 20:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        _prune(path.parents[1])
+    except OSError:  # a read-only or full disk: the result is still returned, just not kept
+        pass
+
+
+def _prune(root: Path) -> None:
+    """Delete the least recently written result files while the tier exceeds MAX_TOTAL_MB."""
+    files = [(p.stat().st_mtime, p.stat().st_size, p) for p in root.glob("*/*.pkl")]
+    total = sum(f[1] for f in files)
+    for _, size, p in sorted(files):
+        if total <= MAX_TOTAL_MB * 2 ** 20:
+            break
+        p.unlink(missing_ok=True)
+        total -= size
+
+
 def memoized(sections: tuple[str, ...], maxsize: int = 16) -> Callable:
     """Decorator for `fn(cfg, *args, **kw)` that reads only `cfg.<sections>` (plus arguments).
 
@@ -91,7 +198,7 @@ def memoized(sections: tuple[str, ...], maxsize: int = 16) -> Callable:
     def wrap(fn):
         name = f"{fn.__module__}.{fn.__qualname__}"
         cache = _caches.setdefault(name, OrderedDict())
-        stats = _stats.setdefault(name, [0, 0])
+        stats = _stats.setdefault(name, [0, 0, 0])  # hits, misses, of the misses: from disk
 
         @functools.wraps(fn)
         def cached(cfg, *args, **kw):
@@ -104,7 +211,14 @@ def memoized(sections: tuple[str, ...], maxsize: int = 16) -> Callable:
                 cache.move_to_end(key)
                 return cache[key]
             stats[1] += 1
-            out = _freeze(fn(cfg, *args, **kw))
+            path = _disk_path(name, key)
+            out = _disk_read(path)
+            if out is _UNKNOWN:
+                out = fn(cfg, *args, **kw)
+                _disk_write(path, out)
+            else:
+                stats[2] += 1
+            out = _freeze(out)
             cache[key] = out
             if len(cache) > maxsize:
                 cache.popitem(last=False)
@@ -115,14 +229,15 @@ def memoized(sections: tuple[str, ...], maxsize: int = 16) -> Callable:
 
 
 def cache_info() -> dict[str, dict[str, int]]:
-    """{function: {"hits", "misses", "size"}} for every memoised theory function."""
-    return {k: {"hits": _stats[k][0], "misses": _stats[k][1], "size": len(c)}
-            for k, c in _caches.items()}
+    """{function: {"hits", "misses", "size", "disk_hits"}} for every memoised theory function
+    (disk_hits: misses of the memory tier found on disk)."""
+    return {k: {"hits": _stats[k][0], "misses": _stats[k][1], "size": len(c),
+                "disk_hits": _stats[k][2]} for k, c in _caches.items()}
 
 
 def clear() -> None:
-    """Forget every cached result (e.g. between benchmarks)."""
+    """Forget every result cached in memory (e.g. between benchmarks); the disk tier stays."""
     for k, c in _caches.items():
         c.clear()
-        _stats[k][:] = [0, 0]
+        _stats[k][:] = [0, 0, 0]
 
