@@ -6,9 +6,10 @@ import os
 import jax
 import pytest
 
-# the theory's disk tier is off in tests (tests/test_theory_cache.py turns it on in a temporary
-# directory): a test must compute what it checks, and must not write to the user's cache
-os.environ["TOPICDYN_THEORY_CACHE"] = "0"
+# topicdyn's disk caches (theory results, compiled programs) are off in tests
+# (tests/test_theory_cache.py turns the theory's on in a temporary directory): a test must compute
+# what it checks, and must not write to the user's cache
+os.environ["TOPICDYN_CACHE"] = "0"
 
 from topicdyn.config import DataConfig
 from topicdyn.data import sample_documents

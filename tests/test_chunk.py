@@ -1,4 +1,5 @@
-"""make_chunk_fn (batches sampled SAMPLE_BLOCK steps ahead) against a plain python loop of steps.
+"""make_chunk_fn (a sampler program, then a training program, in blocks) against a plain python
+loop of steps.
 
 The reference re-runs training one member and one step at a time with make_step (which samples
 train_batch(seed, t) inside the step), and evaluates the generic loss (model.impl=generic) at
@@ -13,7 +14,7 @@ import pytest
 
 import topicdyn.training as training
 from topicdyn.config import apply_overrides, preset
-from topicdyn.training import (SAMPLE_BLOCK, ensemble_seeds, init_state, loss_fn, make_chunk_fn,
+from topicdyn.training import (ensemble_seeds, init_state, loss_fn, make_chunk_fn,
                                make_step, train_batch)
 
 # compile time dominates: classic emitters, no backend optimisation (same float32 arithmetic)
@@ -23,7 +24,8 @@ CHUNK = 16
 TINY = ["data.T=4", "data.v=5", "data.N_min=6", "data.N_max=10", "data.batch_size=4",
         "data.prior=k_topics", "data.k_weights=equal", "mask.p_mask=0.3", "optim.lr=0.05",
         f"train.chunk={CHUNK}", "train.n_seeds=2", "train.seed=3"]
-START, N = 5, 13  # N is not a multiple of SAMPLE_BLOCK, and N < CHUNK
+START, N = 5, 13  # N is not a multiple of the sampling block (SAMPLE, below), and N < CHUNK
+SAMPLE = 5
 N_OVER, N_LAST = 40, 3  # then a chunk asked for more steps than it holds, then a short one
 STEPS = N + CHUNK + N_LAST
 
@@ -43,12 +45,14 @@ def _close(want, got, what, rtol=1e-4, atol=1e-6):
 
 @pytest.fixture(scope="module")
 def run():
-    assert N % SAMPLE_BLOCK != 0 and N > SAMPLE_BLOCK and CHUNK > N
     cfg = preset("F", TINY)
     seeds = ensemble_seeds(cfg)
     state0 = init_state(cfg, seeds)
     with pytest.MonkeyPatch.context() as mp:  # the same program, compiled faster
         mp.setattr(training, "compile_options", lambda: FAST)
+        # blocks of SAMPLE steps: a chunk spans several sampler and training dispatches
+        mp.setattr(training, "steps_per_dispatch", lambda c, m: SAMPLE)
+        assert N % SAMPLE != 0 and N > SAMPLE and CHUNK > N
         chunk = make_chunk_fn(cfg)
         s1, m1 = chunk(_copy(state0), seeds, np.int32(START), np.int32(N))
         s_empty, m_empty = chunk(_copy(s1), seeds, np.int32(START + N), np.int32(0))

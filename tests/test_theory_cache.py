@@ -90,7 +90,7 @@ def test_unknown_argument_types_are_not_cached():
 
 
 def test_disk_tier_returns_what_a_fresh_computation_does(tmp_path, monkeypatch):
-    monkeypatch.setenv("TOPICDYN_THEORY_CACHE", str(tmp_path))
+    monkeypatch.setenv("TOPICDYN_CACHE", str(tmp_path))
     cfg = preset("V", TINY)
     a = bayes_loss(cfg, n_batches=3)
     files = list(tmp_path.rglob("*.pkl"))
@@ -111,7 +111,7 @@ def test_disk_tier_returns_what_a_fresh_computation_does(tmp_path, monkeypatch):
 def test_disk_tier_recomputes_a_damaged_file_and_never_runs_code(tmp_path, monkeypatch):
     import pickle
 
-    monkeypatch.setenv("TOPICDYN_THEORY_CACHE", str(tmp_path))
+    monkeypatch.setenv("TOPICDYN_CACHE", str(tmp_path))
     cfg = preset("V", TINY)
     want = bayes_loss(cfg, n_batches=2).mean
     (f,) = tmp_path.rglob("*.pkl")

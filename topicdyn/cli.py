@@ -12,7 +12,7 @@ from pathlib import Path
 
 from topicdyn.config import (PRESETS, Config, ConfigError, apply_overrides, load_config, preset,
                              require_run)
-from topicdyn.process import limit_malloc_arenas
+from topicdyn.process import enable_compilation_cache, limit_malloc_arenas
 
 
 class _Parser(argparse.ArgumentParser):
@@ -378,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     (non-finite values; the last good checkpoint is kept), 130 interrupted."""
     args = build_parser().parse_args(argv)
     limit_malloc_arenas()
+    if args.cmd != "info":  # the others compile programs (info only reads files)
+        enable_compilation_cache()
     try:
         return {"train": cmd_train, "info": cmd_info, "probe": cmd_probe, "plot": cmd_plot,
                 "report": cmd_report, "sweep": cmd_sweep}[args.cmd](args)

@@ -37,7 +37,8 @@ from topicdyn.config import Config
 from topicdyn.faults import crash_point
 from topicdyn.jsonl import append_jsonl
 from topicdyn.rundir import PointCheckpointer
-from topicdyn.training import TrainState, group_norms, init_state, make_chunk_fn
+from topicdyn.training import (TrainState, group_norms, init_state, make_sampler, make_train_fn,
+                               steps_per_dispatch)
 
 AXIS = "members"
 
@@ -122,6 +123,19 @@ def barrier(name: str, timeout_s: int = 7 * 24 * 3600) -> None:
         multihost_utils.sync_global_devices(key)
 
 
+def training_devices(mesh: Mesh, members: int) -> tuple[Mesh, object | None]:
+    """(mesh to train `members` members on, spare device to sample on or None).
+
+    Members are spread over at most `members` devices (a device with only padding would waste
+    itself); on one process, a device left over samples the next block of batches while the
+    others train (on a CPU with host devices, a second core: the sampler is about half of a
+    small model's step)."""
+    devs = list(mesh.devices.flat)
+    if jax.process_count() > 1 or len(devs) <= members:
+        return mesh, None
+    return member_mesh(devs[:members]), devs[members]
+
+
 # ---- a group ----------------------------------------------------------------------------------
 @dataclass
 class Group:
@@ -188,7 +202,9 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
     stop_at: raise RunInterrupted after the checkpoint at that step (tests)."""
     cfg, lr, inits, thr = group.program()
     seeds, _, _ = group.member_values()
-    M, n_dev = len(seeds), mesh.devices.size  # callers ran memory.check_memory beforehand
+    M = len(seeds)  # callers ran memory.check_memory beforehand
+    mesh, spare = training_devices(mesh, M)
+    n_dev = mesh.devices.size
     Mp = -(-M // n_dev) * n_dev
     seeds = _pad(seeds, Mp)
     state = init_state(cfg, jnp.asarray(seeds), None if inits is None else _pad(inits, Mp))
@@ -205,14 +221,28 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
             host = jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *parts)
         host = broadcast(host)
     state = shard(TrainState(*host), mesh)
-    seeds_d = shard(seeds, mesh)
     lr_d = None if lr is None else shard(_pad(lr, Mp), mesh)
-    thr_d = None if thr is None else shard(jax.tree.map(lambda x: _pad(x, Mp), thr), mesh)
+    thr_p = None if thr is None else jax.tree.map(lambda x: _pad(x, Mp), thr)
+    if spare is None:  # each device samples its own members' batches
+        seeds_s = shard(seeds, mesh)
+        thr_s = None if thr_p is None else shard(thr_p, mesh)
+    else:  # the spare device samples the next block while the current one trains
+        seeds_s = jax.device_put(seeds, spare)
+        thr_s = None if thr_p is None else jax.device_put(thr_p, spare)
+    batch_sharding = NamedSharding(mesh, PartitionSpec(None, AXIS))
     active = hooks(params0) if (writer and hooks) else []
 
-    chunk_fn = make_chunk_fn(cfg)
+    S = steps_per_dispatch(cfg, Mp // n_dev)
+    sample_fn, train_fn = make_sampler(cfg, S), make_train_fn(cfg, S)
     ck_steps = set(checkpoint_steps(cfg.train))
-    K, total = cfg.train.chunk, cfg.train.steps
+    total = cfg.train.steps
+
+    def sample_block(t: int):
+        """Dispatch the sampling of the block of steps t..t+S-1 (runs asynchronously)."""
+        if t >= total:
+            return None
+        b = sample_fn(seeds_s, np.int32(t), thr_s)
+        return b if spare is None else jax.device_put(b, batch_sharding)
     n_seeds = group.n_seeds
     tokens_per_step = cfg.data.batch_size * (cfg.data.N_min + cfg.data.N_max) / 2
     bar = _progress_bar(total, start, progress and writer)
@@ -225,10 +255,12 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
                 c.save(0, jax.tree.map(lambda x, s=s: x[s], host))
             for h in active:
                 h(0, host, None)
+        pending = sample_block(step)
         for boundary in (b for b in log_steps(cfg) if b > start):
             while step < boundary:
-                n = min(K, boundary - step)
-                state, m = chunk_fn(state, seeds_d, np.int32(step), np.int32(n), lr_d, thr_d)
+                n = min(S, boundary - step)
+                batches, pending = pending, sample_block(step + n)  # the next block, ahead
+                state, m = train_fn(state, batches, np.int32(n), lr_d)
                 m = to_host(m)
                 window.append(np.asarray(m["loss"])[:n])
                 last_grad = {g: np.asarray(v)[n - 1] for g, v in m["grad_norm"].items()}

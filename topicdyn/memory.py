@@ -15,7 +15,7 @@ def estimate_peak_bytes(cfg: Config, members: int) -> int:
     plus a fixed allowance for the runtime. It exists to refuse a config that cannot fit before
     anything is allocated, not to predict the peak closely."""
     from topicdyn.models.kernels import select
-    from topicdyn.training import SAMPLE_BLOCK
+    from topicdyn.training import steps_per_dispatch
 
     d, m = cfg.data, cfg.model
     B, L, V, w = d.batch_size, d.seq_len, d.n_vocab, cfg.d_model
@@ -25,8 +25,10 @@ def estimate_peak_bytes(cfg: Config, members: int) -> int:
         act = B * L * (2 * H * L * nl + 10 * w * nl + 3 * V)
     else:
         act = B * (10 * V * V) + 8 * B * L
-    per_member = 4 * (4 * params + 2 * act) + 4 * 8 * B * L * SAMPLE_BLOCK
-    return int(members * per_member + 400 * 2**20)
+    per_member = 4 * (4 * params + 2 * act)
+    # the batches of one block, and of the next one being sampled ahead
+    sampled = 2 * 10 * B * L * members * steps_per_dispatch(cfg, members)
+    return int(members * per_member + sampled + 400 * 2**20)
 
 
 def available_bytes() -> int | None:

@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import jax
-
 from topicdyn.config import Config, ConfigError, load_config
 from topicdyn.jsonl import read_jsonl
 from topicdyn.faults import LOCK_NAME, DirLock
@@ -98,7 +96,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
         prepare_point(cfg, run_dir, start)
         hooks = None if on_checkpoint is None else (
             lambda _p0: [_RunHook(on_checkpoint, run_dir)])
-        train_group(Group([cfg], [run_dir]), member_mesh(jax.devices()[:1]), start, hooks,
+        train_group(Group([cfg], [run_dir]), member_mesh(), start, hooks,
                     progress=progress, stop_at=stop_at)
     return run_dir
 

@@ -2,8 +2,9 @@
 
 The story of one step: derive the data key from (seed, step), sample an MLM batch on device, take
 the loss at selected positions, update through optax (frozen groups masked with set_to_zero).
-`make_chunk_fn` wraps that step in vmap (the ensemble axis: one member per seed) and lax.scan
-(a chunk of steps per dispatch), jitted once with the state donated.
+`make_sampler` draws a block of steps' batches for every member (vmap over the ensemble axis)
+and `make_train_fn` runs the block's steps in one jitted loop with the state donated;
+`make_chunk_fn` composes the two (the host loop drives them itself, sampling ahead).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from topicdyn.config import Config
@@ -24,8 +26,6 @@ from topicdyn.xla import compile_options
 
 # independent random streams derived from one seed
 INIT_STREAM, DATA_STREAM, EVAL_STREAM, POP_EVAL_STREAM = 0, 1, 2, 3
-# steps whose batches are sampled together (make_chunk_fn)
-SAMPLE_BLOCK = 10
 
 
 def stream_key(seed, stream: int) -> jax.Array:
@@ -236,61 +236,100 @@ def make_step(cfg: Config):
     return step_fn
 
 
-def make_chunk_fn(cfg: Config):
-    """jit((state, seeds, start, n, lr_scale=None, mask_thr=None) -> (state, metrics)): steps
-    start..start+n-1.
+DISPATCH_BYTES = 32 * 2 ** 20  # bound on the batches one dispatch samples ahead (all members)
 
-    lr_scale: optional (n_seeds,) per-member factor on the update (see make_update); None runs
-    the unscaled program. mask_thr: optional MaskThresholds with a leading (n_seeds,) axis,
-    per-member mask probabilities (masking.mask_thresholds); None takes cfg.mask's as constants.
-    The loss's static buffer sizes follow cfg.mask: give the program the members' largest
-    p_mask (1 - p_replace_mask) (sweep/group.py does).
 
-    One compiled program for every chunk: a loop of n steps (n <= cfg.train.chunk, a traced
-    value), so log-spaced checkpoint gaps never trigger a recompile. metrics leaves have shape
-    (chunk, n_seeds); rows i >= n are zeros.
+def steps_per_dispatch(cfg: Config, members: int) -> int:
+    """Steps whose batches are sampled in one program and trained in the next (at most
+    train.chunk): batches of `members` members take ~10 bytes per position, kept under
+    DISPATCH_BYTES so that a large ensemble's batches stay in cache-sized blocks."""
+    per_step = 10 * max(members, 1) * cfg.data.batch_size * cfg.data.seq_len
+    return int(max(1, min(cfg.train.chunk, DISPATCH_BYTES // per_step)))
 
-    Batches do not depend on the parameters, so they are sampled ahead, SAMPLE_BLOCK steps at a
-    time under vmap (few large kernels instead of many small ones per step), and the steps of the
-    block then read them. A batch is thus materialised once: sampled inside the step, XLA would
-    fuse (recompute) the sampler into every consumer of the batch. The batch of step t is exactly
-    train_batch(seed, t); at most SAMPLE_BLOCK - 1 sampled batches per chunk go unused.
-    """
-    update_one = make_update(cfg)
-    update = jax.vmap(update_one)
-    K = cfg.train.chunk
-    Kb = max(1, min(K, SAMPLE_BLOCK))
 
-    def chunk(state, seeds, start, n, lr_scale=None, mask_thr=None):
-        n = jnp.minimum(n, K)
+def make_sampler(cfg: Config, steps: int):
+    """jit((seeds, start, mask_thr=None) -> MLMBatch with leading (steps, n_seeds) axes): the
+    batches of steps start..start+steps-1 of every member, exactly train_batch(seed, t) (the
+    fields the loss reads; the others None). mask_thr: per-member MaskThresholds (sweeps) or
+    None for cfg.mask's constants.
+
+    A program of its own, so it can run on another device than training (topicdyn.loop
+    samples the next block on a spare CPU device while the current one trains) and so every
+    batch is materialised once (sampled inside the step, XLA would fuse the sampler into every
+    consumer of the batch)."""
+    def sample(seeds, start, mask_thr=None):
         if mask_thr is None:
-            sample = jax.vmap(lambda s, t: train_batch(s, t, cfg), in_axes=(0, None))
+            one = jax.vmap(lambda s, t: train_batch(s, t, cfg), in_axes=(0, None))
         else:
             per = jax.vmap(lambda s, t, th: train_batch(s, t, cfg, th), in_axes=(0, None, 0))
-            sample = lambda s, t: per(s, t, mask_thr)  # noqa: E731
-        one = sample(seeds, start)
+            one = lambda s, t: per(s, t, mask_thr)  # noqa: E731
+        return jax.vmap(lambda t: one(seeds, t))(start + jnp.arange(steps, dtype=jnp.int32))
+
+    return jax.jit(sample, compiler_options=compile_options())
+
+
+def make_train_fn(cfg: Config, steps: int):
+    """jit((state, batches, n, lr_scale=None) -> (state, metrics)): the first n <= steps of the
+    sampled batches (make_sampler), one update each; state donated. metrics leaves have shape
+    (steps, n_seeds), rows i >= n zero. lr_scale: optional (n_seeds,) per-member factor on the
+    update (see make_update). One program for every n (a traced loop bound), so log-spaced
+    checkpoint gaps never recompile."""
+    update_one = make_update(cfg)
+
+    def train(state, batches, n, lr_scale=None):
+        n = jnp.minimum(n, steps)
         if lr_scale is None:
-            upd = update
+            upd = jax.vmap(update_one)
         else:
-            upd = lambda s, b: jax.vmap(update_one)(s, b, lr_scale)  # noqa: E731
-        out_shape = jax.eval_shape(upd, state, one)[1]
-        metrics = jax.tree.map(lambda x: jnp.zeros((K,) + x.shape, x.dtype), out_shape)
+            upd = lambda st, b: jax.vmap(update_one)(st, b, lr_scale)  # noqa: E731
+        first = jax.tree.map(lambda x: x[0], batches)
+        out_shape = jax.eval_shape(upd, state, first)[1]
+        metrics = jax.tree.map(lambda x: jnp.zeros((steps,) + x.shape, x.dtype), out_shape)
 
-        def block(b, carry):
-            first = b * Kb
-            batches = jax.vmap(lambda t: sample(seeds, t))(start + first + jnp.arange(Kb))
+        def step(j, carry):
+            state, metrics = carry
+            state, m = upd(state, jax.tree.map(lambda x: x[j], batches))
+            return state, jax.tree.map(lambda buf, x: buf.at[j].set(x), metrics, m)
 
-            def step(j, carry):
-                state, metrics = carry
-                state, m = upd(state, jax.tree.map(lambda x: x[j], batches))
-                metrics = jax.tree.map(lambda buf, x: buf.at[first + j].set(x), metrics, m)
-                return state, metrics
+        return jax.lax.fori_loop(0, n, step, (state, metrics))
 
-            return jax.lax.fori_loop(0, jnp.minimum(Kb, n - first), step, carry)
+    return jax.jit(train, donate_argnums=(0,), compiler_options=compile_options())
 
-        return jax.lax.fori_loop(0, (n + Kb - 1) // Kb, block, (state, metrics))
 
-    return jax.jit(chunk, donate_argnums=(0,), compiler_options=compile_options())
+def make_chunk_fn(cfg: Config):
+    """(state, seeds, start, n, lr_scale=None, mask_thr=None) -> (state, metrics): steps
+    start..start+n-1 (n capped at train.chunk), through make_sampler and make_train_fn in blocks
+    of steps_per_dispatch(cfg, members) steps. metrics leaves have shape (chunk, n_seeds), rows
+    i >= n zero. The host training loop (topicdyn.loop) drives the two programs itself, to
+    sample the next block while the current one trains.
+
+    lr_scale: optional (n_seeds,) per-member factor on the update; mask_thr: optional
+    per-member MaskThresholds (masking.mask_thresholds). The loss's static buffer sizes follow
+    cfg.mask: give the program the members' largest p_mask (1 - p_replace_mask) (sweep groups
+    do, kernels.widest_mask)."""
+    K = cfg.train.chunk
+    programs: dict[int, tuple] = {}
+
+    def chunk(state, seeds, start, n, lr_scale=None, mask_thr=None):
+        S = steps_per_dispatch(cfg, int(np.shape(seeds)[0]))
+        if S not in programs:
+            programs[S] = (make_sampler(cfg, S), make_train_fn(cfg, S))
+        sample, train = programs[S]
+        n, start = min(int(n), K), int(start)
+        parts, done = [], 0
+        while done < n or not parts:
+            m = min(S, n - done)
+            batches = sample(seeds, np.int32(start + done), mask_thr)
+            state, metrics = train(state, batches, np.int32(m), lr_scale)
+            parts.append(jax.tree.map(lambda x, m=m: x[:m], metrics))
+            done += m
+            if m == 0:
+                break
+        out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+        return state, jax.tree.map(
+            lambda x: jnp.zeros((K,) + x.shape[1:], x.dtype).at[:x.shape[0]].set(x), out)
+
+    return chunk
 
 
 def ensemble_seeds(cfg: Config) -> jax.Array:

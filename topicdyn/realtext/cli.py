@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-timing", action="store_true",
                     help="skip the kernel timing (lean vs the definition at this vocabulary)")
     args = ap.parse_args(argv)
+    from topicdyn.process import enable_compilation_cache
+    enable_compilation_cache()  # compiled programs shared with earlier runs (results unchanged)
     from topicdyn.config import ConfigError
 
     try:

@@ -64,6 +64,8 @@ def theory_sizes(theory_kw: dict, cfg) -> str:
 def main(argv=None) -> int:
     p = parser()
     a = p.parse_args(argv)
+    from topicdyn.process import enable_compilation_cache
+    enable_compilation_cache()  # compiled programs shared with earlier runs (results unchanged)
     t_start = time.perf_counter()
     root = (a.root or Path.cwd()).resolve()
     steps = a.steps or (300 if a.quick else 5000)  # full: the reference code's 5000

@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse-only", action="store_true",
                     help="no training: report on the finished points")
     args = ap.parse_args(argv)
+    from topicdyn.process import enable_compilation_cache
+    enable_compilation_cache()  # compiled programs shared with earlier runs (results unchanged)
     from topicdyn.config import ConfigError
     from topicdyn.singh.figures import loss_figure, pca_frames, stat_figure
     from topicdyn.singh.grid import load_points

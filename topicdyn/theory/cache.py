@@ -17,9 +17,8 @@ own source files, so any change to the code (a sampler, an estimator) misses ins
 returning a number the new code would not compute. Files are written aside and renamed (a kill
 leaves no torn file; a damaged one is recomputed and replaced) and read back with an unpickler
 that only builds numpy arrays, plain containers and topicdyn's own result classes (a file in the
-cache directory cannot run code). `TOPICDYN_THEORY_CACHE=0` turns the tier off;
-`TOPICDYN_THEORY_CACHE=DIR` moves it (default: $XDG_CACHE_HOME/topicdyn/theory, else
-~/.cache/topicdyn/theory).
+cache directory cannot run code). It lives in topicdyn.process.cache_root()/theory:
+`TOPICDYN_CACHE=0` turns it off, `TOPICDYN_CACHE=DIR` moves it.
 """
 from __future__ import annotations
 
@@ -99,18 +98,13 @@ def _freeze(x):
 
 
 # ---- the disk tier ------------------------------------------------------------------------------
-ENV = "TOPICDYN_THEORY_CACHE"
-
-
 def disk_dir() -> Path | None:
-    """Where the disk tier lives, or None when it is off (TOPICDYN_THEORY_CACHE=0)."""
-    v = os.environ.get(ENV, "")
-    if v == "0":
-        return None
-    if v:
-        return Path(v)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "topicdyn" / "theory"
+    """Where the disk tier lives (topicdyn.process.cache_root()/theory), or None when the caches
+    are off (TOPICDYN_CACHE=0)."""
+    from topicdyn.process import cache_root
+
+    root = cache_root()
+    return None if root is None else root / "theory"
 
 
 @functools.cache
