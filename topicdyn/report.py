@@ -153,8 +153,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     timing = read_jsonl(run_dir / "timing.jsonl")
     if metrics:
         last = metrics[-1]
-        lines.append(f"Training loss at step {last['step']} (mean over seeds, since the previous "
-                     f"log row): {sum(last['loss']) / len(last['loss']):.4f}.")
+        window = (f"the last {last['loss_window']} steps" if "loss_window" in last else
+                  "since the previous log row")
+        lines.append(f"Training loss at step {last['step']} (mean over seeds and {window}): "
+                     f"{sum(last['loss']) / len(last['loss']):.4f}.")
     if timing:
         rates = sorted(r["steps_per_s"] for r in timing)
         lines.append(f"Throughput: median {rates[len(rates) // 2]:.0f} steps/s "

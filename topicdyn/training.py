@@ -8,6 +8,7 @@ the loss at selected positions, update through optax (frozen groups masked with 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -175,6 +176,14 @@ def init_state(cfg: Config, seeds: jax.Array,
     the member's scale: bit-identical to a run with model.init_scale set to that value, because
     flax's normal initialiser is exactly normal(key) * std.
     """
+    if init_scales is None:
+        return _init_program(cfg, False)(seeds)
+    return _init_program(cfg, True)(seeds, jnp.asarray(init_scales, jnp.float32))
+
+
+@functools.lru_cache(maxsize=16)  # one compilation per config in a process (notebooks, tests)
+def _init_program(cfg: Config, scaled: bool):
+    """jit(vmap(seed[, scale] -> TrainState)) of init_state."""
     model, tx = get_variant(cfg.model.name), make_optimizer(cfg)
 
     def at_scale(s):
@@ -192,9 +201,7 @@ def init_state(cfg: Config, seeds: jax.Array,
         return TrainState(params, tx.init(params))
 
     # no compiler_options here: callers trace init_state (jax.eval_shape), where jit refuses them
-    if init_scales is None:
-        return jax.jit(jax.vmap(one))(seeds)
-    return jax.jit(jax.vmap(one))(seeds, jnp.asarray(init_scales, jnp.float32))
+    return jax.jit(jax.vmap(one))
 
 
 def train_batch(seed, step, cfg: Config, mask_thr: MaskThresholds | None = None) -> MLMBatch:
@@ -291,6 +298,13 @@ def make_chunk_fn(cfg: Config):
         return jax.lax.fori_loop(0, (n + Kb - 1) // Kb, block, (state, metrics))
 
     return jax.jit(chunk, donate_argnums=(0,), compiler_options=compile_options())
+
+
+@functools.lru_cache(maxsize=16)
+def chunk_program(cfg: Config):
+    """make_chunk_fn(cfg), built once per config in a process: a second run of the same
+    config (a resume, a notebook's re-run) reuses the compiled program."""
+    return make_chunk_fn(cfg)
 
 
 def ensemble_seeds(cfg: Config) -> jax.Array:
