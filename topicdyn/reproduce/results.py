@@ -164,6 +164,31 @@ def write_results(data: dict, results: Path, out_root: Path, meta: dict,
     (results / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
 
 
+def redraw_labelling(results: Path) -> Path:
+    """figures/attention_labelling.png again from results/summary.json: each experiment's
+    last probe row and config (its overrides at the summary's steps and seeds) are all the
+    figure reads, so no run directory is needed."""
+    from topicdyn.config import ConfigError
+    from topicdyn.reproduce.experiments import make_config
+
+    path = Path(results) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+        meta, exps = summary["meta"], summary["experiments"]
+    except (OSError, ValueError, KeyError):
+        raise ConfigError(f"--labelling-only: {path} is missing or damaged; run the "
+                          "reproduction first") from None
+    data = {e.name: {"last": exps[e.name]["last_probes"],
+                     "cfg": make_config(e, meta["steps"], meta["seeds"], 20)}
+            for e in EXPERIMENTS if e.name in exps}
+    tmp = Path(results) / ".attention_labelling.tmp.png"
+    sections.plot_labelling(data, tmp)
+    out = Path(results) / "figures" / "attention_labelling.png"
+    small_png(tmp, out)
+    tmp.unlink()
+    return out
+
+
 README_BEGIN = "<!-- reproduce_paper: begin -->"
 README_END = "<!-- reproduce_paper: end -->"
 

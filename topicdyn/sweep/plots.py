@@ -127,6 +127,17 @@ def plot_line(rows, metric, x, axes, out: Path, title=None, log_x=None, log_y=Fa
     return save(fig, out, dpi=110)
 
 
+def color_scale(metric: str, vmin: float, vmax: float, log_color: bool = False):
+    """(norm, colour map name) of a heatmap: a signed metric (SIGNED) gets a diverging map
+    with white at 0 and symmetric limits, so the sign reads at a glance; others viridis
+    (log-scaled with log_color and positive values)."""
+    if metric in SIGNED:
+        m = max(abs(vmin), abs(vmax), 1e-12)
+        return TwoSlopeNorm(0.0, -m, m), "RdBu_r"
+    norm = LogNorm(vmin, vmax) if log_color and vmin > 0 else Normalize(vmin, vmax)
+    return norm, "viridis"
+
+
 def plot_heatmap(rows, metric, x, y, axes, out: Path, title=None, log_color=False) -> Path:
     """Seed mean of metric over the (x, y) grid; one panel per combination of the other axes,
     plus the theory prediction's panel where theory.json has one (same colour scale, log if
@@ -157,12 +168,7 @@ def plot_heatmap(rows, metric, x, y, axes, out: Path, title=None, log_color=Fals
         sds.append(sd)
     finite = np.concatenate([g[np.isfinite(g)] for g in grids]) if grids else np.array([])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    cmap = "viridis"
-    if metric in SIGNED:  # the sign is the claim: white at 0, red above, blue below
-        m = max(abs(vmin), abs(vmax), 1e-12)
-        norm, cmap = TwoSlopeNorm(0.0, -m, m), "RdBu_r"
-    else:
-        norm = LogNorm(vmin, vmax) if log_color and vmin > 0 else Normalize(vmin, vmax)
+    norm, cmap = color_scale(metric, vmin, vmax, log_color)
     seeds = len({r.get("seed") for r in rows})
     fig = new_figure(1.2 + 0.9 * len(xs) * len(panels) + 1.4, 1.6 + 0.6 * len(ys) + 0.8)
     axs = fig.subplots(1, len(panels), squeeze=False)[0]
