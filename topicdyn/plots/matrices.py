@@ -17,7 +17,7 @@ import numpy as np
 from topicdyn.config import Config, require_run
 from topicdyn.models import get_variant
 from topicdyn.models.variant import TRAINED_ATTENTION, TRAINED_EMBEDDING, TRAINED_VALUE
-from topicdyn.plots.common import (DPI, load_checkpoints, new_figure, run_label,
+from topicdyn.plots.common import (load_checkpoints, new_figure, run_label,
                                    save, seed_params)
 
 TITLES = {"gram": r"embedding Gram $E E^\top$ (row-centred $E$)",
