@@ -294,7 +294,7 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
                         "tokens_per_s": rate * tokens_per_step * n_seeds})
                     for sink in sinks:
                         sink.row(d, row)
-            bar.show(float(losses[-1][:M].mean()), probe_counts(active))
+            bar.show(float(losses[:, :M].mean()), probe_counts(active))  # the row's loss
             if step in ck_steps:
                 host = to_host(state)
                 if writer:

@@ -20,6 +20,7 @@ class Progress:
         self.total, self.enabled = total, enabled
         self._phase = None  # a one-line tqdm status while no step bar exists
         self._bar = None
+        self._loss = None  # the last row's loss, kept on the bar through the probe phase
         self.started = False
 
     def phase(self, text: str) -> None:
@@ -55,9 +56,10 @@ class Progress:
         """Postfix: the last row's loss (mean over members) and checkpoints probed / saved."""
         if self._bar is None:
             return
+        self._loss = loss if loss is not None else self._loss
         post = {}
-        if loss is not None:
-            post["loss"] = f"{loss:.4f}"
+        if self._loss is not None:
+            post["loss"] = f"{self._loss:.4f}"
         if probed is not None and probed[1]:
             post["probed"] = f"{probed[0]}/{probed[1]}"
         self._bar.set_postfix(post, refresh=True)
