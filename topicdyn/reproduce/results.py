@@ -203,7 +203,7 @@ def update_readme(results: Path) -> None:
 | `REPORT.md` | `python scripts/reproduce_paper.py` (full: 12 experiments x 5 seeds (the authors' architecture 2), under 30 min on 2 CPU cores) |
 | `summary.json` | the same run: every claim, the last probe values and the t50s per experiment |
 | `figures/<experiment>/*.png`, `figures/F/value_map.gif` | the same run (copies of `runs/reproduce/<experiment>/figures/`, as 256-colour PNGs) |
-| `figures/two_stage_init_scale.png`, `figures/attention_labelling.png` | the same run (cross-experiment figures) |
+| `figures/two_stage_init_scale.png`, `figures/attention_labelling.png` | the same run (cross-experiment figures); `python scripts/reproduce_paper.py --labelling-only` redraws the second from `summary.json` alone |
 
 `python scripts/reproduce_paper.py --quick` is a few-minute version (fewer steps and seeds)
 that writes everything under `runs/reproduce-quick/` (git-ignored), its report in
