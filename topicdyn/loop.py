@@ -80,7 +80,7 @@ def replay_candidates(cfg: Config, start: int) -> list[int]:
     every = cfg.train.log_every
     if start % every == 0:
         return [start]
-    g = every * (start // every)
+    g = window_start(start + 1, every)  # where the next row's window begins
     return sorted((c for c in checkpoint_steps(cfg.train) if c <= g), reverse=True)
 
 
