@@ -71,12 +71,12 @@ def _theory(d: Path) -> dict:
     return read_theory(d)
 
 
-def plot_loss(runs, out: Path) -> Path | None:
-    from topicdyn.plots.common import band, log_x, new_figure, save, series, theory_line
+def _loss_panel(ax, runs) -> list[float]:
+    """Each run's loss curve with its floor and plateau; returns the late-phase values and
+    the theory lines drawn (for the zoomed panel's limits)."""
+    from topicdyn.plots.common import band, log_x, series, theory_line
 
-    fig = new_figure(7.5, 4.6)
-    ax = fig.add_subplot()
-    drawn = False
+    ys = []
     for (d, label, cfg), c in zip(runs, COLORS * 10):
         rows, th = _probes(d), _theory(d)
         for key, what in (("loss/pop_loss", f"population estimate ({cfg.train.n_pop_eval} "
@@ -85,22 +85,44 @@ def plot_loss(runs, out: Path) -> Path | None:
             sv = series(rows, key)
             if sv is not None:
                 band(ax, *sv, f"{label}: {what}", c)
-                drawn = True
+                s, v = sv
+                ys += list(v[s >= np.sqrt(max(s.max(), 1.0))].mean(1))
                 break
         reach = (th.get("reachable_floor") or {}).get("name")
         floor = (th.get("floors") or {}).get(reach or "", {})
         if floor.get("loss") is not None and cfg.model.loss == "ce":
             theory_line(ax, floor["loss"], f"{label}: floor {reach} ({floor['loss']:.4g})", c,
                         "--")
+            ys.append(floor["loss"])
         ua = th.get("uniform_attention") or {}
         if ua.get("plateau") is not None:
             theory_line(ax, ua["plateau"], f"{label}: uniform-attention optimum "
                                            f"({ua['plateau']:.4g})", c, ":")
-    if not drawn:
-        return None
+            ys.append(ua["plateau"])
     log_x(ax)
     ax.set_ylabel("loss at selected positions", fontsize=8)
-    ax.legend(fontsize=6, loc="upper right")
+    return ys
+
+
+def plot_loss(runs, out: Path) -> Path | None:
+    from topicdyn.plots.common import new_figure, save, series
+
+    if not any(series(_probes(d), k) is not None for d, _, _ in runs
+               for k in ("loss/pop_loss", "loss/eval_loss")):
+        return None
+    fig = new_figure(13, 4.8)
+    ax1, ax2 = fig.subplots(1, 2)
+    _loss_panel(ax1, runs)
+    ax1.set_title("whole run", fontsize=9)
+    ax1.legend(fontsize=6, loc="upper right")
+    ys = np.asarray(_loss_panel(ax2, runs), float)
+    ys = ys[np.isfinite(ys)]
+    if ys.size:
+        lo, hi = float(ys.min()), float(ys.max())
+        pad = max(0.15 * (hi - lo), 0.002 * max(abs(hi), 1e-3))
+        ax2.set_ylim(lo - pad, hi + pad)
+    ax2.set_title("zoom: late training (second half in log steps) and the theory lines",
+                  fontsize=9)
     fig.suptitle("Loss against each run's reachable Bayes floor (dashed) and uniform-attention "
                  "plateau (dotted)\nseed mean, band min..max over seeds", fontsize=9)
     return save(fig, out)
