@@ -17,6 +17,7 @@ def test_train_probe_info_end_to_end(tmp_path, capsys):
     assert main(["train", "--preset", "V", "--out", str(run), "--no-progress"] + TINY) == 0
     out = capsys.readouterr().out
     assert "claims at the last checkpoint" in out and "block structure" in out
+    assert "measured (se)" in out and " ± 0 " not in out  # one seed: no spread to show
     for f in ("config.json", "metrics.jsonl", "probes.jsonl", "verdicts.jsonl", "theory.json",
               "checkpoints.jsonl"):
         assert (run / f).stat().st_size > 0, f

@@ -1,4 +1,5 @@
-"""Command line: `topicdyn train | probe | plot | report | info | sweep`.
+"""Command line: `topicdyn train | probe | plot | report | info | sweep | config | export |
+compare` (the last three in topicdyn.commands).
 
 Bad input exits with code 2 and one line on stderr; nothing already written is touched.
 """
@@ -15,9 +16,20 @@ from topicdyn.config import (PRESETS, Config, ConfigError, apply_overrides, load
 from topicdyn.process import enable_compilation_cache, limit_malloc_arenas
 
 
+_ARGV: list[str] = []  # the command line being parsed (for the flag-style hint)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse's own convention)
-        self.exit(2, f"topicdyn: error: {message}\n")
+        hint = None
+        if message.startswith("unrecognized arguments: "):
+            # `topicdyn train --steps 100`: argparse takes 100 as an override; the hint finds
+            # the value after the flag in the command line
+            from topicdyn.config.describe import flag_hint
+            flags = message.split(": ", 1)[1].split()
+            i = _ARGV.index(flags[0]) if flags and flags[0] in _ARGV else -1
+            hint = flag_hint(_ARGV[i:] if i >= 0 else flags)
+        self.exit(2, f"topicdyn: error: {message}" + (f"; {hint}" if hint else "") + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not probe checkpoints while training (probe later with topicdyn probe)")
     t.add_argument("--no-figures", action="store_true",
                    help="skip the figures and report.md at the end (topicdyn plot / report later)")
+    t.add_argument("--log-to", action="append", default=[], metavar="TRACKER",
+                   help="also send the metrics and probe scalars to an experiment tracker: "
+                        "tensorboard (RUN_DIR/tensorboard/; the tensorboard extra)")
 
     pr = sub.add_parser("probe", help="re-probe every stored checkpoint of a run offline")
     pr.add_argument("run_dir", type=Path)
@@ -54,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="regenerate every figure of a run into RUN_DIR/figures/")
     pl.add_argument("run_dir", type=Path)
 
-    rp = sub.add_parser("report", help="write RUN_DIR/report.md: claims table at the last "
-                                       "checkpoint, figures, theory assumptions")
+    rp = sub.add_parser("report", help="write RUN_DIR/report.md and report.html (figures "
+                                       "embedded): claims table at the last checkpoint, "
+                                       "figures, theory assumptions")
     rp.add_argument("run_dir", type=Path)
     rp.add_argument("--no-plots", action="store_true",
                     help="do not draw missing figures (by default they are drawn first)")
@@ -83,10 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--publish", type=Path, metavar="DIR",
                     help="then copy sweep_summary.csv and the figures (PNG) into DIR, e.g. "
                          "results/sweeps/<name> (what the project commits)")
+    sw.add_argument("--log-to", action="append", default=[], metavar="TRACKER",
+                    help="as for train: tensorboard (each point's tensorboard/)")
+    from topicdyn.commands import COMMANDS
+    for add, _ in COMMANDS.values():
+        add(sub)
     return p
 
 
-def _config_from_args(a) -> Config:
+def config_from_args(a) -> Config:
+    """The Config of --preset / --config and the overrides (train, config)."""
     if a.config is not None:
         cfg = load_config(a.config)
         if a.preset is not None:
@@ -126,12 +148,14 @@ def cmd_train(a) -> int:
         run_dir = a.resume
         cfg = require_run(run_dir, "resume")
     else:
-        cfg = _config_from_args(a)
+        cfg = config_from_args(a)
         from topicdyn.run import check_new_run_dir, default_run_dir
         run_dir = a.out or default_run_dir(cfg)
         check_new_run_dir(Path(run_dir))
     from topicdyn.memory import check_memory
     check_memory(cfg, cfg.train.n_seeds)  # before theory.json or anything else is written
+    from topicdyn.trackers import check_trackers
+    log_to = check_trackers(a.log_to)
     from topicdyn.faults import DirLock
     with DirLock(run_dir, "resume" if a.resume is not None else "out"):  # one writer, from here
         print(f"run directory: {run_dir}", flush=True)
@@ -143,7 +167,7 @@ def cmd_train(a) -> int:
             hook = CheckpointProber(cfg, run_dir)
         try:
             train(cfg, run_dir, resume=a.resume is not None, progress=not a.no_progress,
-                  on_checkpoint=hook)
+                  on_checkpoint=hook, log_to=log_to)
         except KeyboardInterrupt:
             print(f"\ninterrupted; continue with: topicdyn train --resume {run_dir}",
                   file=sys.stderr)
@@ -174,8 +198,11 @@ def _write_theory(cfg: Config, run_dir: Path, refresh: bool = False) -> None:
             pass
     from topicdyn.verdicts import run_predictions
 
-    print("computing theory predictions for this config ...", flush=True)
+    import time
+    print("theory: computing the predictions for this config ...", end=" ", flush=True)
+    t = time.perf_counter()
     pred = run_predictions(cfg)
+    print(f"done ({time.perf_counter() - t:.1f} s)", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     from topicdyn.jsonl import write_atomic
     write_atomic(path, json.dumps(pred, indent=1) + "\n")
@@ -186,8 +213,9 @@ def _print_verdicts(run_dir: Path) -> None:
 
     claims = judge_run(run_dir)
     if claims:
+        from topicdyn.config import load_config
         print("\nclaims at the last checkpoint (verdicts.jsonl has every checkpoint):")
-        print(format_table(claims))
+        print(format_table(claims, load_config(run_dir).train.n_seeds))
 
 
 def _print_summary(run_dir: Path) -> None:
@@ -230,8 +258,10 @@ def _figures_and_report(run_dir: Path) -> None:
         from topicdyn.plots import plot_run
         from topicdyn.report import write_report
 
+        print("figures and report ...", flush=True)
         plot_run(run_dir)
-        print(f"report: {write_report(run_dir)} (figures in {run_dir / 'figures'})")
+        md = write_report(run_dir)
+        print(f"report: {md} and {md.with_suffix('.html')} (figures in {run_dir / 'figures'})")
     except Exception as e:  # noqa: BLE001
         print(f"figures/report failed ({type(e).__name__}: {e}); retry with: topicdyn plot "
               f"{run_dir} && topicdyn report {run_dir}", file=sys.stderr)
@@ -254,7 +284,8 @@ def cmd_report(a) -> int:
     if not a.no_plots and not (a.run_dir / "figures").is_dir():
         from topicdyn.plots import plot_run
         plot_run(a.run_dir)
-    print(f"wrote {write_report(a.run_dir)}")
+    md = write_report(a.run_dir)
+    print(f"wrote {md} and {md.with_suffix('.html')}")
     return 0
 
 
@@ -286,19 +317,21 @@ def cmd_info(a) -> int:
 
 def cmd_sweep(a) -> int:
     from topicdyn.sweep import load_spec
+    from topicdyn.sweep.publish import publish
 
     spec = load_spec(a.spec, out=a.out)  # validates every point before anything runs
     if a.summary_only or a.dry_run:
         rc = _sweep_offline(spec, a.dry_run)
-        return _publish(spec, a.publish) if rc == 0 and a.publish and not a.dry_run else rc
+        return publish(spec, a.publish) if rc == 0 and a.publish and not a.dry_run else rc
     if a.distributed or a.coordinator:
         import jax
         # Slurm, Open MPI and TPU pods: None = read from the environment
         jax.distributed.initialize(a.coordinator, a.num_processes, a.process_id)
     from topicdyn.sweep import run_sweep
 
+    from topicdyn.trackers import check_trackers
     try:
-        report = run_sweep(spec, progress=not a.no_progress)
+        report = run_sweep(spec, progress=not a.no_progress, log_to=check_trackers(a.log_to))
     except KeyboardInterrupt:
         print(f"\ninterrupted; re-run the same command to resume ({spec.out})", file=sys.stderr)
         return 130
@@ -309,43 +342,7 @@ def cmd_sweep(a) -> int:
         for f in report.get("figures", []):
             print(f"wrote {f}")
         if a.publish:
-            return _publish(spec, a.publish)
-    return 0
-
-
-PUBLISH_MANIFEST = ".topicdyn-published.json"
-
-
-def _publish(spec, dest: Path) -> int:
-    """Copy a finished sweep's summary table and figures into dest. Only files an earlier
-    publish wrote (listed in dest's manifest) are replaced or removed; nothing else in dest is
-    touched, and a file of the same name that topicdyn did not write is refused."""
-    import shutil
-
-    src = Path(spec.out)
-    files = [src / "sweep_summary.csv", *sorted((src / "figures").glob("*.png"))]
-    missing = [str(f) for f in files if not f.exists()]
-    if missing:
-        raise ConfigError(f"--publish: {missing[0]} does not exist; run the sweep to the end first")
-    manifest = dest / PUBLISH_MANIFEST
-    try:
-        ours = set(json.loads(manifest.read_text())["files"]) if manifest.exists() else set()
-    except (ValueError, KeyError, TypeError):
-        raise ConfigError(f"--publish: {manifest} is damaged; delete it and the files it "
-                          "listed, or publish into another directory") from None
-    names = {f.name for f in files}
-    clash = sorted(n for n in names if (dest / n).exists() and n not in ours)
-    if clash:
-        raise ConfigError(f"--publish: {dest / clash[0]} exists and was not written by an earlier "
-                          "publish; move it or publish into another directory")
-    dest.mkdir(parents=True, exist_ok=True)
-    for old in sorted(ours - names):  # a figure the sweep no longer makes
-        (dest / old).unlink(missing_ok=True)
-    for f in files:
-        shutil.copy2(f, dest / f.name)
-    from topicdyn.jsonl import write_atomic
-    write_atomic(manifest, json.dumps({"files": sorted(names)}, indent=1) + "\n")
-    print(f"published {len(files)} files to {dest} (manifest {manifest.name})")
+            return publish(spec, a.publish)
     return 0
 
 
@@ -376,13 +373,16 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 2 bad input (one line naming the field), 1 an I/O error (one line
     naming the path; earlier checkpoints intact, --resume after fixing it), 3 diverged
     (non-finite values; the last good checkpoint is kept), 130 interrupted."""
+    _ARGV[:] = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     limit_malloc_arenas()
     if args.cmd != "info":  # the others compile programs (info only reads files)
         enable_compilation_cache()
+    from topicdyn.commands import COMMANDS
     try:
         return {"train": cmd_train, "info": cmd_info, "probe": cmd_probe, "plot": cmd_plot,
-                "report": cmd_report, "sweep": cmd_sweep}[args.cmd](args)
+                "report": cmd_report, "sweep": cmd_sweep,
+                **{k: run for k, (_, run) in COMMANDS.items()}}[args.cmd](args)
     except (ConfigError, _checkpoint_error()) as e:
         print(f"topicdyn: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -2,17 +2,25 @@
 over devices. A single run (run.train) is a group of one point; a sweep group is several.
 
 The members of a group (points x seeds, point-major) are one vmapped ensemble: seeds, learning
-rates and init scales are per-member arrays (training.init_state / make_chunk_fn), so the group
-compiles once. The member axis is padded to a multiple of the device count and sharded with
+rates and init scales are per-member arrays (training.init_state, make_sampler, make_train_fn),
+so the group compiles once. The member axis is padded to a multiple of the device count and sharded with
 NamedSharding(Mesh(devices, "members"), P("members")); padded members copy member 0 and are
 never written. Each point keeps the standard run directory:
     config.json        the full Config (+ which implementation trains it)
-    metrics.jsonl      one row per logging point: step, loss (mean over the steps since the last
-                       row), grad and param norms per group; every list has one entry per seed
+    metrics.jsonl      one row per logging point (every multiple of train.log_every and every
+                       checkpoint step): step, loss, loss_window, loss_last, grad and param norms
+                       per group; every list has one entry per seed
     timing.jsonl       wall-clock throughput (kept apart so metrics are bit-reproducible)
     checkpoints/       orbax, plus checkpoints.jsonl with a content hash per checkpoint
-Every checkpoint step is also a logging step, so a resumed point writes exactly the rows an
-uninterrupted one would.
+
+The loss of a row at step s is the mean per-step training loss over the window (g, s],
+g = log_every * floor((s - 1) / log_every): the last log_every steps at a multiple of
+log_every, the steps since the last multiple at a checkpoint in between (`loss_window` steps).
+The window never depends on train.steps or the checkpoint schedule, so two runs of the same
+seed log the same loss at a step whatever their lengths. A resume from a checkpoint between
+two multiples first replays, without writing, from the latest checkpoint at or before the
+window's start, to recompute the window's losses; the rows are then those of an
+uninterrupted run.
 
 Multi-host (jax.distributed): every process runs the same program on its local devices; state
 is gathered to every host at logging/checkpoint steps and only process 0 writes files.
@@ -36,9 +44,9 @@ from topicdyn.checkpoint import checkpoint_steps
 from topicdyn.config import Config
 from topicdyn.faults import crash_point
 from topicdyn.jsonl import append_jsonl
+from topicdyn.progress import Progress, probe_counts
 from topicdyn.rundir import PointCheckpointer
-from topicdyn.training import (TrainState, group_norms, init_state, make_sampler, make_train_fn,
-                               steps_per_dispatch)
+from topicdyn.training import TrainState, group_norms, init_state, programs, steps_per_dispatch
 
 AXIS = "members"
 
@@ -57,6 +65,23 @@ def log_steps(cfg: Config) -> list[int]:
     tc = cfg.train
     steps = set(range(tc.log_every, tc.steps + 1, tc.log_every)) | set(checkpoint_steps(tc))
     return sorted(s for s in steps if s > 0)
+
+
+def window_start(step: int, log_every: int) -> int:
+    """g: the loss of the row at `step` averages the per-step losses of steps g+1..step (the
+    last multiple of log_every before step)."""
+    return log_every * ((step - 1) // log_every)
+
+
+def replay_candidates(cfg: Config, start: int) -> list[int]:
+    """Checkpoint steps a resume at `start` may continue from, best first: `start` itself when
+    the next row's window begins there; otherwise the checkpoints at or before the window's
+    start (the latest first), from which the window's losses are recomputed."""
+    every = cfg.train.log_every
+    if start % every == 0:
+        return [start]
+    g = window_start(start + 1, every)  # where the next row's window begins
+    return sorted((c for c in checkpoint_steps(cfg.train) if c <= g), reverse=True)
 
 
 _NORMS: dict = {}
@@ -193,12 +218,15 @@ def _pad(a: np.ndarray, m: int) -> np.ndarray:
 
 
 def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = None, *,
-                progress: bool = True, stop_at: int | None = None) -> None:
+                progress: bool = True, stop_at: int | None = None,
+                sinks: list | None = None) -> None:
     """Train a group's points from step `start` (their directories prepared for it).
 
     hooks(params0_host) -> [hook]: on_checkpoint hooks called as hook(step, host_state, None)
     on process 0 after every checkpoint (host_state holds every member, padding included); a
     hook's close() is called before returning, also on errors.
+    sinks: [sink] with sink.row(run_dir, row) called after each metrics row is written and
+    sink.close() at the end (experiment trackers, topicdyn.trackers).
     stop_at: raise RunInterrupted after the checkpoint at that step (tests)."""
     cfg, lr, inits, thr = group.program()
     seeds, _, _ = group.member_values()
@@ -213,12 +241,11 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
     writer = is_writer()
     slices = group.slices()
     ckpts = [PointCheckpointer(d) for d in group.dirs] if writer else []
+    origin = 0
     if start > 0:
         if writer:
-            parts = [c.restore(start, jax.tree.map(lambda x, s=s: jnp.asarray(x[s]), host))
-                     for c, s in zip(ckpts, slices)]
-            parts.append(jax.tree.map(lambda x: x[M:], host))  # padding: the init values
-            host = jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *parts)
+            origin, host = _restore(group, ckpts, host, replay_candidates(cfg, start), M)
+        origin = int(broadcast(np.int64(origin)))
         host = broadcast(host)
     state = shard(TrainState(*host), mesh)
     lr_d = None if lr is None else shard(_pad(lr, Mp), mesh)
@@ -231,11 +258,12 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
         thr_s = None if thr_p is None else jax.device_put(thr_p, spare)
     batch_sharding = NamedSharding(mesh, PartitionSpec(None, AXIS))
     active = hooks(params0) if (writer and hooks) else []
+    sinks = list(sinks or []) if writer else []
 
     S = steps_per_dispatch(cfg, Mp // n_dev)
-    sample_fn, train_fn = make_sampler(cfg, S), make_train_fn(cfg, S)
+    sample_fn, train_fn = programs(cfg, S)
     ck_steps = set(checkpoint_steps(cfg.train))
-    total = cfg.train.steps
+    total, every = cfg.train.steps, cfg.train.log_every
 
     def sample_block(t: int):
         """Dispatch the sampling of the block of steps t..t+S-1 (runs asynchronously)."""
@@ -245,9 +273,12 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
         return b if spare is None else jax.device_put(b, batch_sharding)
     n_seeds = group.n_seeds
     tokens_per_step = cfg.data.batch_size * (cfg.data.N_min + cfg.data.N_max) / 2
-    bar = _progress_bar(total, start, progress and writer)
-    window: list[np.ndarray] = []
-    step, t_last, s_last = start, time.perf_counter(), start
+    bar = Progress(total, progress and writer)
+    bar.phase("compile: the training program (the first chunk)" + (
+        f"; then replay steps {origin}..{start} to recompute the loss window" if origin < start
+        else ""))
+    window: list[np.ndarray] = []  # per-step losses since the last multiple of log_every
+    step, t_last, s_last = origin, time.perf_counter(), start
     last_ck = start
     try:
         if start == 0 and writer:
@@ -256,7 +287,7 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
             for h in active:
                 h(0, host, None)
         pending = sample_block(step)
-        for boundary in (b for b in log_steps(cfg) if b > start):
+        for boundary in (b for b in log_steps(cfg) if b > origin):
             while step < boundary:
                 n = min(S, boundary - step)
                 batches, pending = pending, sample_block(step + n)  # the next block, ahead
@@ -265,9 +296,16 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
                 window.append(np.asarray(m["loss"])[:n])
                 last_grad = {g: np.asarray(v)[n - 1] for g, v in m["grad_norm"].items()}
                 step += n
-                bar.update(n)
-            losses = np.concatenate(window)  # (steps in window, members)
-            window = []
+                if bar.started:
+                    bar.update(n)
+                elif step >= start:  # compiled (and replayed): the bar's rate starts here
+                    bar.start(step)
+            losses = np.concatenate(window)  # (steps in the row's window, members)
+            if step % every == 0:
+                window = []
+            if step <= start:  # replayed: its rows and checkpoints are on disk already
+                t_last = time.perf_counter()
+                continue
             pnorm = to_host(param_norms(cfg)(state.params))
             _guard(group, step, losses, pnorm, M, last_ck)
             now = time.perf_counter()
@@ -276,6 +314,7 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
             if writer:
                 for d, s in zip(group.dirs, slices):
                     row = {"step": step, "loss": _floats(losses.mean(0)[s]),
+                           "loss_window": int(losses.shape[0]),
                            "loss_last": _floats(losses[-1][s]),
                            "grad_norm": {g: _floats(v[s]) for g, v in last_grad.items()},
                            "param_norm": {g: _floats(np.asarray(v)[s]) for g, v in pnorm.items()}}
@@ -284,7 +323,9 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
                     append_jsonl(d / "timing.jsonl", {
                         "step": step, "steps_per_s": rate, "group_members": M,
                         "tokens_per_s": rate * tokens_per_step * n_seeds})
-            bar.set_postfix(loss=f"{float(losses[-1][:M].mean()):.4f}", steps_s=f"{rate:.0f}")
+                    for sink in sinks:
+                        sink.row(d, row)
+            bar.show(float(losses[:, :M].mean()), probe_counts(active))  # the row's loss
             if step in ck_steps:
                 host = to_host(state)
                 if writer:
@@ -296,6 +337,7 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
                 barrier("checkpoint")
                 if stop_at is not None and stop_at <= step < total:
                     raise RunInterrupted(f"stopped at step {step}")
+        bar.wait_for_probes(active)
     finally:
         bar.close()
         for c in ckpts:
@@ -304,6 +346,37 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
             close = getattr(h, "close", None)
             if close is not None:  # e.g. a background prober: wait for its last rows
                 close()
+        for sink in sinks:
+            sink.close()
+
+
+def _restore(group: Group, ckpts: list, host, candidates: list[int], M: int):
+    """(step, host state) of the first candidate checkpoint every point has intact (its files
+    and content hash checked), members in group order; step 0 is the initial state itself.
+    Padding members keep their initial values."""
+    from topicdyn.checkpoint import CheckpointError, list_checkpoints, params_hash, restore_checked
+
+    slices = group.slices()
+    for step in candidates:
+        if step == 0:
+            return 0, host
+        try:
+            parts = []
+            for c, s, d in zip(ckpts, slices, group.dirs):
+                got = restore_checked(c, step, jax.tree.map(lambda x, s=s: jnp.asarray(x[s]),
+                                                            host), d)
+                want = {r["step"]: r["sha256"] for r in list_checkpoints(d)}.get(step)
+                if want is not None and want != params_hash(jax.device_get(got.params)):
+                    raise CheckpointError(f"checkpoint {step} of {d}: content hash mismatch")
+                parts.append(got)
+        except CheckpointError as e:
+            print(f"warning: {e}; replaying from the checkpoint before it", file=sys.stderr,
+                  flush=True)
+            continue
+        parts.append(jax.tree.map(lambda x: x[M:], host))  # padding: the init values
+        return step, jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]),
+                                  *parts)
+    raise CheckpointError(f"resume: no intact checkpoint to continue from in {group.dirs[0]}")
 
 
 def _guard(group: Group, step: int, losses: np.ndarray, pnorm: dict, M: int,
@@ -337,21 +410,3 @@ def _guard(group: Group, step: int, losses: np.ndarray, pnorm: dict, M: int,
 
 def _floats(a) -> list[float]:
     return [float(x) for x in np.atleast_1d(np.asarray(a, dtype=np.float64))]
-
-
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def set_postfix(self, **kw):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress_bar(total: int, start: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-    return tqdm(total=total, initial=start, unit="step", file=sys.stderr, dynamic_ncols=True)

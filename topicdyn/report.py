@@ -57,27 +57,41 @@ def _with_se(text: str, se) -> str:
     return text + (f" (s.e. {fmt(se, 2)})" if se else "")
 
 
-def claims_table(claims: list[dict], n_seeds: int, how: bool = True) -> str:
-    """claim | paper's statement | predicted (s.e.) | measured mean ± sd (s.e.) | basis |
-    eval set: predicted / measured | verdict [| tolerance / how]."""
+def claims_cells(claims: list[dict], n_seeds: int, how: bool = True
+                 ) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the claims table: claim | paper's statement | predicted (s.e.) |
+    measured mean ± sd (s.e.) | basis | eval set: predicted / measured | verdict
+    [| tolerance / how]; cells are plain text."""
     head = ["claim", "paper's statement", "predicted (MC s.e.)", f"measured (mean ± sd, "
-            f"{n_seeds} seed{'s' if n_seeds > 1 else ''}; s.e.)", "basis",
+            f"{n_seeds} seed{'s' if n_seeds > 1 else ''}; s.e.)" if n_seeds > 1 else
+            "measured (1 seed; s.e.)", "basis",
             "eval set: predicted / measured", "verdict"] + (["tolerance / how"] if how else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for c in claims:
         pair = "-"
         if c.get("measured_eval") is not None:
             pair = f"{fmt(c.get('predicted_eval'))} / {fmt(c['measured_eval'])}"
-        basis = (c.get("basis") or "-") + (f"; floor `{c['floor']}`" if c.get("floor") else "")
+        basis = (c.get("basis") or "-") + (f"; floor {c['floor']}" if c.get("floor") else "")
         row = [c["claim"], c["paper"], _with_se(fmt(c["predicted"]), c.get("predicted_se")),
-               _with_se(measured(c, n_seeds), c.get("measured_se")), basis, pair,
-               f"**{c['verdict']}**"]
+               _with_se(measured(c, n_seeds), c.get("measured_se")), basis, pair, c["verdict"]]
         if how:
             tol = f"tolerance {fmt(c['tolerance'], 3)}; " if c.get("tolerance") else ""
             extra = ""
             if "t50_value" in c:
                 extra = f" (t50 W^V = {fmt(c['t50_value'])}, t50 QK = {fmt(c['t50_qk'])})"
             row.append(tol + c.get("how", "") + extra)
+        rows.append(row)
+    return head, rows
+
+
+def claims_table(claims: list[dict], n_seeds: int, how: bool = True) -> str:
+    """The claims table (claims_cells) as markdown: the verdict in bold, the floor as code."""
+    head, rows = claims_cells(claims, n_seeds, how)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c, row in zip(claims, rows):
+        row = list(row)
+        row[4] = (c.get("basis") or "-") + (f"; floor `{c['floor']}`" if c.get("floor") else "")
+        row[6] = f"**{row[6]}**"
         lines.append("| " + " | ".join(cell(x) for x in row) + " |")
     return "\n".join(lines)
 
@@ -137,54 +151,73 @@ def config_summary(cfg: Config) -> str:
             f"{'s' if t.n_seeds > 1 else ''} from {t.seed}")
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write RUN_DIR/report.md (or `out`); returns its path. ConfigError if the run has no
-    config, probes or theory."""
+VERDICT_NOTE = (
+    "Verdicts: *pass* / *fail* / *not yet converged* (a failing value that still moved by more "
+    "than a fifth of its tolerance since the previous checkpoint); *not decidable here*: the "
+    "tolerance admits every plausible value, so the test could not fail; *reported*: a distance "
+    "shown for information, not a claim. Predictions are population values with their Monte "
+    "Carlo s.e.; *basis* says what the measured value is (the model's population estimate on "
+    "{n_pop} fresh documents, or the fixed evaluation set of {n_eval}); the eval-set column is "
+    "the paired comparison on the fixed evaluation documents. Every checkpoint's verdicts are "
+    "in `verdicts.jsonl`; probe values in `probes.jsonl`.")
+
+
+def report_parts(run_dir: str | Path) -> dict:
+    """What a run's report says, before it is written as markdown or HTML: title, config
+    summary, notes (loss, throughput), step and claims, the verdict note, the figures present
+    [(file, caption)] and the theory's assumptions (bullet lines)."""
     from topicdyn.jsonl import read_jsonl
     from topicdyn.plots.common import read_theory
 
     run_dir = Path(run_dir)
     cfg = require_run(run_dir)
     step, claims = last_claims(run_dir)
-    theory = read_theory(run_dir)
     n = cfg.train.n_seeds
-    lines = [f"# Run report: {run_dir.name}", "", config_summary(cfg) + ".", ""]
+    notes = []
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     timing = read_jsonl(run_dir / "timing.jsonl")
     if metrics:
         last = metrics[-1]
-        lines.append(f"Training loss at step {last['step']} (mean over seeds, since the previous "
-                     f"log row): {sum(last['loss']) / len(last['loss']):.4f}.")
+        window = (f"the last {last['loss_window']} steps" if "loss_window" in last else
+                  "since the previous log row")
+        notes.append(f"Training loss at step {last['step']} (mean over seeds and {window}): "
+                     f"{sum(last['loss']) / len(last['loss']):.4f}.")
     if timing:
         rates = sorted(r["steps_per_s"] for r in timing)
-        lines.append(f"Throughput: median {rates[len(rates) // 2]:.0f} steps/s "
+        notes.append(f"Throughput: median {rates[len(rates) // 2]:.0f} steps/s "
                      f"({n} seed{'s' if n > 1 else ''} per step).")
-    lines += ["", f"## Claims at the last checkpoint (step {step})", "",
-              claims_table(claims, n), "",
-              "Verdicts: *pass* / *fail* / *not yet converged* (a failing value that still "
-              "moved by more than a fifth of its tolerance since the previous checkpoint); "
-              "*not decidable here*: the tolerance admits every plausible value, so the test "
-              "could not fail; *reported*: a distance shown for information, not a claim. "
-              "Predictions are population values with their Monte Carlo s.e.; *basis* says "
-              "what the measured value is (the model's population estimate on "
-              f"{cfg.train.n_pop_eval} fresh documents, or the fixed evaluation set of "
-              f"{cfg.train.n_eval}); the eval-set column is the paired comparison on the fixed "
-              "evaluation documents. "
-              "Every checkpoint's verdicts are in `verdicts.jsonl`; probe values in "
-              "`probes.jsonl`.", ""]
     fig_dir = run_dir / "figures"
-    present = [(f, c) for f, c in FIGURES if (fig_dir / f).exists()]
+    return {"title": f"Run report: {run_dir.name}", "config": config_summary(cfg) + ".",
+            "notes": notes, "step": step, "claims": claims, "n_seeds": n,
+            "verdict_note": VERDICT_NOTE.format(n_pop=cfg.train.n_pop_eval,
+                                                n_eval=cfg.train.n_eval),
+            "figures": [(f, c) for f, c in FIGURES if (fig_dir / f).exists()],
+            "assumptions": assumptions_summary(read_theory(run_dir))}
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None,
+                 html: bool = True) -> Path:
+    """Write RUN_DIR/report.md (or `out`) and, with html, report.html beside it (figures
+    embedded: topicdyn.report_html); returns the markdown's path. ConfigError if the run has
+    no config, probes or theory."""
+    run_dir = Path(run_dir)
+    parts = report_parts(run_dir)
+    lines = [f"# {parts['title']}", "", parts["config"], ""] + parts["notes"]
+    lines += ["", f"## Claims at the last checkpoint (step {parts['step']})", "",
+              claims_table(parts["claims"], parts["n_seeds"]), "", parts["verdict_note"], ""]
+    fig_dir = run_dir / "figures"
     lines += ["## Figures", ""]
-    if present:
-        out_path = Path(out) if out is not None else run_dir / "report.md"
-        rel = Path("figures") if out_path.parent.resolve() == run_dir.resolve() else fig_dir
-        for f, caption in present:
+    path = Path(out) if out is not None else run_dir / "report.md"
+    if parts["figures"]:
+        rel = Path("figures") if path.parent.resolve() == run_dir.resolve() else fig_dir
+        for f, caption in parts["figures"]:
             lines += [f"**{caption}** (`{f}`)", "", f"![{caption}]({(rel / f).as_posix()})", ""]
     else:
         lines += [f"No figures yet: `topicdyn plot {run_dir}` writes them to figures/.", ""]
     lines += ["## Theory: what the predictions assume", ""]
-    summary = assumptions_summary(theory)
-    lines += (summary or ["theory.json has no predictions for this config."]) + [""]
-    path = Path(out) if out is not None else run_dir / "report.md"
+    lines += (parts["assumptions"] or ["theory.json has no predictions for this config."]) + [""]
     path.write_text("\n".join(lines))
+    if html:
+        from topicdyn.report_html import write_html
+        write_html(parts, run_dir, path.with_suffix(".html"))
     return path

@@ -77,17 +77,33 @@ class _RunHook:
         if close is not None:
             close()
 
+    def __getattr__(self, name):  # a prober's counters (pending, submitted, ...) for the bar
+        if name == "fn":
+            raise AttributeError(name)
+        return getattr(self.fn, name)
+
 
 def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False,
           stop_at: int | None = None, progress: bool = True,
-          on_checkpoint: Callable | None = None) -> Path:
+          on_checkpoint: Callable | None = None, log_to: tuple[str, ...] = (),
+          probes: bool = False) -> Path:
     """Train cfg.train.n_seeds members together on one device; returns the run directory.
 
     on_checkpoint(step, state, run_dir) is called after every checkpoint save with the host
     state (probes hook in here); if it has a close() method, that is called before train
     returns (also on errors). With resume=True training continues from the latest checkpoint.
+    log_to: experiment trackers that get the same scalars as metrics.jsonl and probes.jsonl
+    ("tensorboard": RUN_DIR/tensorboard/, needs the tensorboard extra). probes: probe every
+    checkpoint (cfg.train.probes) into probes.jsonl, as `topicdyn train` does (which also
+    writes theory.json, verdicts, figures and the report).
+
+        cfg = preset("V", ["train.steps=500"])
+        run_dir = train(cfg, "runs/v500", probes=True)   # metrics.jsonl, checkpoints/, ...
     """
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    if probes and on_checkpoint is None:
+        from topicdyn.probes.runner import CheckpointProber
+        on_checkpoint = CheckpointProber(cfg, run_dir)
     check_memory(cfg, cfg.train.n_seeds)  # before anything is written
     if not resume:
         check_new_run_dir(run_dir)
@@ -96,8 +112,10 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
         prepare_point(cfg, run_dir, start)
         hooks = None if on_checkpoint is None else (
             lambda _p0: [_RunHook(on_checkpoint, run_dir)])
+        from topicdyn.trackers import make_sinks
+        sinks = make_sinks(log_to, [run_dir], start)
         train_group(Group([cfg], [run_dir]), member_mesh(), start, hooks,
-                    progress=progress, stop_at=stop_at)
+                    progress=progress, stop_at=stop_at, sinks=sinks)
     return run_dir
 
 

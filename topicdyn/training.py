@@ -9,6 +9,7 @@ and `make_train_fn` runs the block's steps in one jitted loop with the state don
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -175,6 +176,14 @@ def init_state(cfg: Config, seeds: jax.Array,
     the member's scale: bit-identical to a run with model.init_scale set to that value, because
     flax's normal initialiser is exactly normal(key) * std.
     """
+    if init_scales is None:
+        return _init_program(cfg, False)(seeds)
+    return _init_program(cfg, True)(seeds, jnp.asarray(init_scales, jnp.float32))
+
+
+@functools.lru_cache(maxsize=16)  # one compilation per config in a process (notebooks, tests)
+def _init_program(cfg: Config, scaled: bool):
+    """jit(vmap(seed[, scale] -> TrainState)) of init_state."""
     model, tx = get_variant(cfg.model.name), make_optimizer(cfg)
 
     def at_scale(s):
@@ -192,9 +201,7 @@ def init_state(cfg: Config, seeds: jax.Array,
         return TrainState(params, tx.init(params))
 
     # no compiler_options here: callers trace init_state (jax.eval_shape), where jit refuses them
-    if init_scales is None:
-        return jax.jit(jax.vmap(one))(seeds)
-    return jax.jit(jax.vmap(one))(seeds, jnp.asarray(init_scales, jnp.float32))
+    return jax.jit(jax.vmap(one))
 
 
 def train_batch(seed, step, cfg: Config, mask_thr: MaskThresholds | None = None) -> MLMBatch:
@@ -308,13 +315,10 @@ def make_chunk_fn(cfg: Config):
     cfg.mask: give the program the members' largest p_mask (1 - p_replace_mask) (sweep groups
     do, kernels.widest_mask)."""
     K = cfg.train.chunk
-    programs: dict[int, tuple] = {}
 
     def chunk(state, seeds, start, n, lr_scale=None, mask_thr=None):
         S = steps_per_dispatch(cfg, int(np.shape(seeds)[0]))
-        if S not in programs:
-            programs[S] = (make_sampler(cfg, S), make_train_fn(cfg, S))
-        sample, train = programs[S]
+        sample, train = programs(cfg, S)
         n, start = min(int(n), K), int(start)
         parts, done = [], 0
         while done < n or not parts:
@@ -330,6 +334,14 @@ def make_chunk_fn(cfg: Config):
             lambda x: jnp.zeros((K,) + x.shape[1:], x.dtype).at[:x.shape[0]].set(x), out)
 
     return chunk
+
+
+@functools.lru_cache(maxsize=16)
+def programs(cfg: Config, steps: int) -> tuple:
+    """(make_sampler(cfg, steps), make_train_fn(cfg, steps)), built once per config in a
+    process: a second run of the same config (a resume, a notebook's re-run) reuses the
+    compiled programs."""
+    return make_sampler(cfg, steps), make_train_fn(cfg, steps)
 
 
 def ensemble_seeds(cfg: Config) -> jax.Array:

@@ -222,15 +222,16 @@ def _pm(x, se) -> str:
     return f"{x:.4g}" + (f" ± {se:.1g}" if se else "")
 
 
-def format_table(claims: list[dict]) -> str:
+def format_table(claims: list[dict], n_seeds: int = 2) -> str:
     """claim | predicted (± MC s.e.) | measured (mean ± sd over seeds; s.e.) | basis | verdict,
-    as aligned text."""
-    rows = [("claim", "predicted ± se", "measured ± sd (se)", "basis", "verdict")]
+    as aligned text; with one seed the measured value alone (there is no spread)."""
+    rows = [("claim", "predicted ± se", "measured ± sd (se)" if n_seeds > 1 else
+             "measured (se)", "basis", "verdict")]
     for c in claims:
         if c["verdict"] == NOT_APPLICABLE:
             rows.append((c["claim"], "-", "-", "-", f"{NOT_APPLICABLE}: {c['how']}"))
             continue
-        meas = f"{c['measured']:.4g} ± {c['sd']:.2g}"
+        meas = f"{c['measured']:.4g}" + (f" ± {c['sd']:.2g}" if n_seeds > 1 else "")
         if c.get("measured_se"):
             meas += f" ({c['measured_se']:.1g})"
         basis = c.get("basis") or "-"

@@ -75,7 +75,9 @@ def build(cls, d: dict, prefix: str):
     for key, value in d.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"{full}: unknown field; allowed: {', '.join(sorted(names))}")
+            from topicdyn.config.describe import did_you_mean
+            raise ConfigError(f"{full}: unknown field{did_you_mean(full)}; allowed: "
+                              f"{', '.join(sorted(names))}")
         if cls is Config and key in SECTIONS:
             kwargs[key] = build(SECTIONS[key], value, f"{key}.")
         else:
@@ -92,13 +94,15 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict) -> Config:
         if len(parts) == 1 and parts[0] == "preset":
             d["preset"] = value
             continue
+        from topicdyn.config.describe import did_you_mean
         if len(parts) != 2 or parts[0] not in SECTIONS:
             raise ConfigError(f"{key}: overrides are SECTION.FIELD=VALUE with SECTION one of "
-                              f"{', '.join(SECTIONS)}")
+                              f"{', '.join(SECTIONS)}{did_you_mean(key)}")
         section, name = parts
         if name not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
             allowed = ", ".join(f.name for f in dataclasses.fields(SECTIONS[section]))
-            raise ConfigError(f"{key}: unknown field; allowed in {section}: {allowed}")
+            raise ConfigError(f"{key}: unknown field{did_you_mean(key)}; allowed in {section}: "
+                              f"{allowed} (topicdyn config lists every field)")
         if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
             value = _json(value.strip(), key)
         d[section][name] = value
@@ -107,7 +111,10 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict) -> Config:
 
 def _split(o: str) -> tuple[str, str]:
     if "=" not in o:
-        raise ConfigError(f"{o}: overrides must look like SECTION.FIELD=VALUE")
+        from topicdyn.config.describe import suggest
+        hint = " or ".join(f"{n}=VALUE" for n in suggest(o.strip()))
+        raise ConfigError(f"{o}: overrides must look like SECTION.FIELD=VALUE"
+                          + (f" (write {hint})" if hint else ""))
     k, v = o.split("=", 1)
     return k.strip(), v.strip()
 

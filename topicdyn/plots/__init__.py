@@ -8,7 +8,8 @@
   attention.png       same/cross attention ratios (correct and reference labels), KL from uniform
   loss.png            eval loss with the predicted plateau(s) and the Bayes floor; KL to predictors
   two_stage.png       normalised ||W_t - W_0|| of W^V, E, W^Q W^K^T with t50 markers
-  value_map.gif, score_map.gif   the matrix over every checkpoint (one frame per checkpoint)
+  value_map.gif, score_map.gif   the matrix over every checkpoint (one frame per checkpoint,
+                      one colour scale and palette for all frames, the loss with a marker)
 
 Figures that do not apply to a run's model (attention figures of a uniform-attention regime, a
 two-stage figure when fewer than two matrices move) are skipped. The functions never need the
@@ -23,8 +24,9 @@ from topicdyn.jsonl import read_jsonl
 from topicdyn.plots.common import load_checkpoints
 from topicdyn.plots.curves import (normalised_changes, plot_attention_curves, plot_blocks,
                                    plot_loss, plot_two_stage, t50_per_seed)
-from topicdyn.plots.matrices import (animate_matrix, animated_matrices, has_attention,
-                                     plot_attention_maps, plot_matrices, vocab_matrices)
+from topicdyn.plots.animation import animate_matrix
+from topicdyn.plots.matrices import (animated_matrices, has_attention, plot_attention_maps,
+                                     plot_matrices, vocab_matrices)
 
 __all__ = ["animate_matrix", "normalised_changes", "plot_attention_curves",
            "plot_attention_maps", "plot_blocks", "plot_loss", "plot_matrices", "plot_run",

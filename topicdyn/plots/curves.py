@@ -107,12 +107,20 @@ def plot_attention_curves(run_dir: str | Path, out: str | Path) -> Path | None:
     return save(fig, out)
 
 
+def training_loss_label(metrics: list[dict], cfg) -> str:
+    """What metrics.jsonl's loss is: rows with loss_window average the last train.log_every
+    steps; a run written before it existed averaged the steps since the previous row."""
+    if metrics and "loss_window" in metrics[-1]:
+        return f"training loss (mean of the last {cfg.train.log_every} steps)"
+    return "training loss (mean since previous log row)"
+
+
 def _loss_panel(ax, rows, metrics, th, cfg) -> list[float]:
     """Training and eval loss with the theory lines; returns the plateau values drawn."""
     ce = cfg.model.loss == "ce"
     sv = series(metrics, "loss")
     if sv is not None:
-        band(ax, *sv, "training loss (mean since previous log row)", "tab:gray", lw=1.0)
+        band(ax, *sv, training_loss_label(metrics, cfg), "tab:gray", lw=1.0)
     sv = series(rows, "loss/eval_loss")
     if sv is not None:
         band(ax, *sv, f"eval-set loss ({cfg.train.n_eval} fixed documents)", "tab:blue", lw=0.8)

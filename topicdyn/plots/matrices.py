@@ -17,7 +17,7 @@ import numpy as np
 from topicdyn.config import Config, require_run
 from topicdyn.models import get_variant
 from topicdyn.models.variant import TRAINED_ATTENTION, TRAINED_EMBEDDING, TRAINED_VALUE
-from topicdyn.plots.common import (DPI, load_checkpoints, new_figure, run_label,
+from topicdyn.plots.common import (load_checkpoints, new_figure, run_label,
                                    save, seed_params)
 
 TITLES = {"gram": r"embedding Gram $E E^\top$ (row-centred $E$)",
@@ -243,52 +243,3 @@ def plot_attention_maps(run_dir: str | Path, out: str | Path, step: int | None =
                  f"{cfg.train.seed + seed}\n{run_label(cfg, seeds=False)}; lines = topic "
                  "boundaries", fontsize=10)
     return save(fig, out)
-
-
-def _canvas_writer(fps: int):
-    """A matplotlib PillowWriter whose frames are the canvas as last drawn: the caller redraws
-    only the artists that change (blitting), several times faster than a savefig per frame."""
-    from matplotlib.animation import PillowWriter
-    from PIL import Image
-
-    class CanvasPillowWriter(PillowWriter):
-        def grab_frame(self, **savefig_kwargs):
-            rgb = Image.fromarray(np.asarray(self.fig.canvas.buffer_rgba())).convert("RGB")
-            # an adaptive palette without dithering: a few times smaller GIFs than the default
-            self._frames.append(rgb.quantize(colors=48, dither=Image.Dither.NONE))
-
-    return CanvasPillowWriter(fps=fps)
-
-
-def animate_matrix(run_dir: str | Path, out: str | Path, which: str = "value", seed: int = 0,
-                   fps: int = 4, frames: list[tuple[int, dict]] | None = None) -> Path:
-    """GIF of one vocabulary matrix (gram, value or score) over every checkpoint, one frame per
-    checkpoint; the colour scale is fixed (from the last checkpoint) so growth is visible.
-    frames: optional pre-loaded [(step, params)] (saves re-reading checkpoints)."""
-    cfg = require_run(run_dir)
-    frames = list(load_checkpoints(run_dir)) if frames is None else frames
-    mats = [(s, vocab_matrices(seed_params(p, seed), cfg)[which]) for s, p in frames]
-    order, topics = topic_order(cfg)
-    lim = robust_limit(mats[-1][1][np.ix_(order, order)])
-    fig = new_figure(4.4, 4.1, constrained=False)
-    fig.set_dpi(DPI * 0.8)
-    fig.subplots_adjust(left=0.12, right=0.99, top=0.88, bottom=0.12)
-    ax = fig.add_subplot(1, 1, 1)
-    im = draw_matrix(fig, ax, mats[0][1], cfg, "", lim)
-    title = ax.set_title("", fontsize=8)
-    lines = list(ax.lines)  # topic boundaries: drawn over the image
-    for a in [im, title] + lines:
-        a.set_animated(True)
-    fig.canvas.draw()
-    background = fig.canvas.copy_from_bbox(fig.bbox)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    writer = _canvas_writer(fps)
-    with writer.saving(fig, str(out), dpi=fig.dpi):
-        for s, M in mats:
-            fig.canvas.restore_region(background)
-            im.set_data(M[np.ix_(order, order)])
-            title.set_text(f"{TITLES[which]}\nstep {s}, seed {cfg.train.seed + seed}")
-            for a in [im] + lines + [title]:
-                ax.draw_artist(a)
-            writer.grab_frame()
-    return Path(out)

@@ -39,6 +39,7 @@ class CheckpointProber:
         self.probe_seconds: list[float] = []  # per checkpoint; the first includes compiling
         self._error: BaseException | None = None
         self._queue: queue.Queue | None = None
+        self.submitted = self.finished = 0  # checkpoints handed over / probed (progress bar)
         if background:
             self._queue = queue.Queue()
             self._thread = threading.Thread(target=self._work, name="topicdyn-prober",
@@ -58,13 +59,27 @@ class CheckpointProber:
 
     def __call__(self, step: int, state, run_dir) -> dict | None:
         params = jax.device_get(state.params)  # numpy copy, safe from buffer donation
+        self.submitted += 1
         if self._queue is None or not self._thread.is_alive():  # synchronous (or closed)
             if self.fn is None:
                 self._setup()
-            return self._probe(step, params, run_dir)
+            try:
+                return self._probe(step, params, run_dir)
+            finally:
+                self.finished += 1
         self._check()
         self._queue.put((step, params, run_dir))
         return None
+
+    @property
+    def pending(self) -> int:
+        """Checkpoints handed to this prober and not yet probed."""
+        return self.submitted - self.finished
+
+    @property
+    def alive(self) -> bool:
+        """Whether a background worker is still running without an error."""
+        return self._queue is not None and self._thread.is_alive() and self._error is None
 
     def _probe(self, step: int, params, run_dir) -> dict:
         t = time.perf_counter()
@@ -105,6 +120,7 @@ class CheckpointProber:
                     self._probe(*item)
                 except BaseException as e:
                     self._error = e
+            self.finished += 1
 
     def _check(self):
         if self._error is not None:

@@ -44,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="retrain even finished runs")
     p.add_argument("--reuse-only", action="store_true",
                    help="only re-render results/ from finished runs")
+    p.add_argument("--labelling-only", action="store_true",
+                   help="only redraw figures/attention_labelling.png from the results "
+                        "directory's summary.json (the numbers REPORT.md shows; no runs needed)")
     p.add_argument("--root", type=Path, default=None,
                    help="project root for the default runs/ and results/ paths (default: the "
                         "current directory)")
@@ -74,6 +77,15 @@ def main(argv=None) -> int:
     theory_kw = {"n_docs": 1000, "n_batches": 10} if a.quick else {}
     out_root = a.out or root / "runs" / ("reproduce-quick" if a.quick else "reproduce")
     results = a.results or (out_root / "results" if a.quick else root / "results")
+    if a.labelling_only:
+        from topicdyn.config import ConfigError
+        from topicdyn.reproduce.results import redraw_labelling
+        try:
+            log(f"wrote {redraw_labelling(results)}")
+        except ConfigError as e:
+            print(f"reproduce_paper: error: {e}", file=sys.stderr)
+            return 2
+        return 0
     chosen = [e for e in EXPERIMENTS if not a.only or e.name in a.only.split(",")]
     if a.only and len(chosen) != len(a.only.split(",")):
         p.error(f"--only: unknown experiment; choose from {', '.join(e.name for e in EXPERIMENTS)}")

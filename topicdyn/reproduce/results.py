@@ -164,6 +164,31 @@ def write_results(data: dict, results: Path, out_root: Path, meta: dict,
     (results / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
 
 
+def redraw_labelling(results: Path) -> Path:
+    """figures/attention_labelling.png again from results/summary.json: each experiment's
+    last probe row and config (its overrides at the summary's steps and seeds) are all the
+    figure reads, so no run directory is needed."""
+    from topicdyn.config import ConfigError
+    from topicdyn.reproduce.experiments import make_config
+
+    path = Path(results) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+        meta, exps = summary["meta"], summary["experiments"]
+    except (OSError, ValueError, KeyError):
+        raise ConfigError(f"--labelling-only: {path} is missing or damaged; run the "
+                          "reproduction first") from None
+    data = {e.name: {"last": exps[e.name]["last_probes"],
+                     "cfg": make_config(e, meta["steps"], meta["seeds"], 20)}
+            for e in EXPERIMENTS if e.name in exps}
+    tmp = Path(results) / ".attention_labelling.tmp.png"
+    sections.plot_labelling(data, tmp)
+    out = Path(results) / "figures" / "attention_labelling.png"
+    small_png(tmp, out)
+    tmp.unlink()
+    return out
+
+
 README_BEGIN = "<!-- reproduce_paper: begin -->"
 README_END = "<!-- reproduce_paper: end -->"
 
@@ -178,7 +203,7 @@ def update_readme(results: Path) -> None:
 | `REPORT.md` | `python scripts/reproduce_paper.py` (full: 12 experiments x 5 seeds (the authors' architecture 2), under 30 min on 2 CPU cores) |
 | `summary.json` | the same run: every claim, the last probe values and the t50s per experiment |
 | `figures/<experiment>/*.png`, `figures/F/value_map.gif` | the same run (copies of `runs/reproduce/<experiment>/figures/`, as 256-colour PNGs) |
-| `figures/two_stage_init_scale.png`, `figures/attention_labelling.png` | the same run (cross-experiment figures) |
+| `figures/two_stage_init_scale.png`, `figures/attention_labelling.png` | the same run (cross-experiment figures); `python scripts/reproduce_paper.py --labelling-only` redraws the second from `summary.json` alone |
 
 `python scripts/reproduce_paper.py --quick` is a few-minute version (fewer steps and seeds)
 that writes everything under `runs/reproduce-quick/` (git-ignored), its report in

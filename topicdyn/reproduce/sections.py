@@ -246,27 +246,39 @@ def architecture(data: dict) -> list[str]:
 
 
 def plot_labelling(data: dict, out):
-    """Bars: the authors' statistic with their labelling and with correct labels, and ours."""
-    from topicdyn.plots.common import new_figure, save
+    """The authors' statistic with their labelling and with correct labels, and ours, per
+    experiment: seed mean (min..max bar) on a log axis, where a ratio below 1 (less attention
+    to same-topic keys, F's finding) is as visible as one far above it (A's)."""
+    from topicdyn.plots.common import log_y, new_figure, save
 
     names = [n for n, d in data.items() if "attention/ref_ratio" in d["last"]
              and d["cfg"].model.attention == "trained"]
-    fig = new_figure(max(6.5, 1.2 * len(names) + 2), 4.0)
+    fig = new_figure(max(6.5, 1.2 * len(names) + 2), 4.4)
     ax = fig.subplots(1, 1)
     x = np.arange(len(names))
-    for off, key, label, color in (
-            (-0.27, "ref_ratio", "authors' statistic, their labelling", "tab:gray"),
-            (0.0, "ref_ratio_fixed", "authors' statistic, correct labels", "tab:purple"),
-            (0.27, "ratio", "ours: other words only, correct labels", "tab:blue")):
-        vals = [mean_sd(data[n]["last"][f"attention/{key}"]) for n in names]
-        ax.bar(x + off, [v[0] for v in vals], 0.27, yerr=[v[1] for v in vals], label=label,
-               color=color, capsize=3)
-    ax.axhline(1, color="black", lw=0.8, ls="--", label="no topic bias (1)")
+    for off, key, label, color, mk in (
+            (-0.22, "ref_ratio", "authors' statistic, their labelling", "tab:gray", "s"),
+            (0.0, "ref_ratio_fixed", "authors' statistic, correct labels", "tab:purple", "D"),
+            (0.22, "ratio", "ours: other words only, correct labels", "tab:blue", "o")):
+        vals = [np.asarray(data[n]["last"][f"attention/{key}"], float) for n in names]
+        mean = np.array([v.mean() for v in vals])
+        lo, hi = [mean - np.array([v.min() for v in vals]),
+                  np.array([v.max() for v in vals]) - mean]
+        ax.errorbar(x + off, mean, yerr=[lo, hi], fmt=mk, color=color, label=label, capsize=3,
+                    ms=6, mec="black", lw=1.2)
+    ax.axhline(1, color="black", lw=1.0, ls="--", label="uniform attention: no topic bias (1)")
+    log_y(ax)
+    lo, hi = ax.get_ylim()
+    ax.axhspan(lo, 1, color="tab:blue", alpha=0.06, lw=0)
+    ax.set_ylim(lo, hi)
+    ax.text(0.01, 0.02, "below 1: less attention to same-topic keys", transform=ax.transAxes,
+            fontsize=7, color="tab:blue")
     ax.set_xticks(x)
     ax.set_xticklabels(names, fontsize=8)
-    ax.set_ylabel("topic / non-topic attention", fontsize=8)
-    ax.legend(fontsize=7)
+    ax.set_ylabel("topic / non-topic attention (log scale)", fontsize=8)
+    ax.grid(True, axis="y", which="both", alpha=0.25)
+    ax.legend(fontsize=7, loc="upper right")
     fig.suptitle("Attention topic bias at the last checkpoint: the authors' statistic with "
-                 "their labelling (off by the 4 specials) and with correct labels\nmean over "
-                 "seeds, bars: sd", fontsize=10)
+                 "their labelling (off by the 4 specials) and with correct labels\nseed mean, "
+                 "bars min..max over seeds", fontsize=10)
     return save(fig, out)

@@ -103,8 +103,10 @@ def run_sweep(spec: Spec, **kw) -> dict:
 
 
 def _run_sweep(spec: Spec, *, progress: bool = True, stop_at: int | None = None,
-               log: Callable[[str], None] | None = None, mesh=None) -> dict:
-    """Train every pending point of the spec, then write the summary and figures.
+               log: Callable[[str], None] | None = None, mesh=None,
+               log_to: tuple[str, ...] = ()) -> dict:
+    """Train every pending point of the spec, then write the summary and figures; log_to:
+    experiment trackers (topicdyn.trackers) for every trained point.
 
     Returns {"devices", "groups", "points": {name: "skipped" | "trained from <step>" |
     "judged"}, "summary": path}. stop_at: interrupt each trained group after the checkpoint at
@@ -160,8 +162,10 @@ def _run_sweep(spec: Spec, *, progress: bool = True, stop_at: int | None = None,
                 _write_theory(spec, pend, dirs, log)
         barrier("group")  # process 0 has prepared the directories
         group = Group([p.cfg for p in pend], dirs)
+        from topicdyn.trackers import make_sinks
+        sinks = make_sinks(log_to, dirs, start) if writer else []
         train_group(group, mesh, start, _prober_factory(spec, group) if spec.probes else None,
-                    progress=progress, stop_at=stop_at)
+                    progress=progress, stop_at=stop_at, sinks=sinks)
         if writer and spec.probes:
             _judge(dirs)
         report["points"].update({p.name: f"trained from {start}" for p in pend})

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-from matplotlib.colors import LogNorm, Normalize
+from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm
 
 from topicdyn.plots.common import new_figure, save
 from topicdyn.sweep.spec import Spec, _fmt
@@ -20,6 +20,26 @@ from topicdyn.sweep.summary import THEORY_LABEL, THEORY_OF, read_summary, seed_s
 
 DEFAULT_METRICS = ("final_loss", "loss/pop_loss", "bayes_gap", "blocks/value_gap",
                    "attention/ratio", "t50/lag")
+# metrics whose claim is their sign: a diverging colour map centred on 0, a zero line
+SIGNED = {"t50/lag": "> 0: W^V moves first"}
+UNITS = {"t50/lag": "steps", "t50/value": "steps", "t50/qk": "steps", "t50/embedding": "steps"}
+NOTES = {m: "t50 = first checkpoint with half the final change: it snaps to checkpoint steps"
+         for m in UNITS}
+
+
+def metric_label(metric: str) -> str:
+    """The metric with its units and, for a signed metric, what its sign means."""
+    bits = [UNITS[metric]] if metric in UNITS else []
+    if metric in SIGNED:
+        bits.append(SIGNED[metric])
+    return metric + (f" ({'; '.join(bits)})" if bits else "")
+
+
+def seed_sd(rows: list[dict], metric: str) -> float:
+    """Standard deviation of a metric over rows (seeds; ddof=1), NaN with fewer than two."""
+    v = np.array([r[metric] for r in rows if isinstance(r.get(metric), (int, float))], float)
+    v = v[np.isfinite(v)]
+    return float(v.std(ddof=1)) if v.size > 1 else math.nan
 
 
 def _key(v):
@@ -95,13 +115,27 @@ def plot_line(rows, metric, x, axes, out: Path, title=None, log_x=None, log_y=Fa
         ax.set_xscale("log")
     if log_y:
         ax.set_yscale("log")
+    if metric in SIGNED:
+        ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel(x)
-    ax.set_ylabel(metric)
-    ax.set_title(title or f"{metric} (band: min..max over seeds)", fontsize=10)
+    ax.set_ylabel(metric_label(metric))
+    ax.set_title((title or metric) + "\nseed mean, band min..max over seeds"
+                 + (f"\n{NOTES[metric]}" if metric in NOTES else ""), fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return save(fig, out, dpi=110)
+
+
+def color_scale(metric: str, vmin: float, vmax: float, log_color: bool = False):
+    """(norm, colour map name) of a heatmap: a signed metric (SIGNED) gets a diverging map
+    with white at 0 and symmetric limits, so the sign reads at a glance; others viridis
+    (log-scaled with log_color and positive values)."""
+    if metric in SIGNED:
+        m = max(abs(vmin), abs(vmax), 1e-12)
+        return TwoSlopeNorm(0.0, -m, m), "RdBu_r"
+    norm = LogNorm(vmin, vmax) if log_color and vmin > 0 else Normalize(vmin, vmax)
+    return norm, "viridis"
 
 
 def plot_heatmap(rows, metric, x, y, axes, out: Path, title=None, log_color=False) -> Path:
@@ -119,40 +153,49 @@ def plot_heatmap(rows, metric, x, y, axes, out: Path, title=None, log_color=Fals
             note = f" (theory, {THEORY_LABEL.get(tcols[0], tcols[0])}: {tv[0]:.4g})"
             tcols = []
     panels = [(c, metric) for c in combos] + [(c, t) for c in combos for t in tcols]
-    grids = []
+    grids, sds = [], []
     for combo, col in panels:
         sub = [r for r in rows if _match(r, combo)]
         g = np.full((len(ys), len(xs)), np.nan)
+        sd = np.full_like(g, np.nan)
         for i, vy in enumerate(ys):
             for j, vx in enumerate(xs):
-                g[i, j] = seed_stats([r for r in sub if _key(r.get(x)) == _key(vx)
-                                      and _key(r.get(y)) == _key(vy)], col)[0]
+                cell = [r for r in sub if _key(r.get(x)) == _key(vx) and _key(r.get(y)) == _key(vy)]
+                g[i, j] = seed_stats(cell, col)[0]
+                if col == metric:
+                    sd[i, j] = seed_sd(cell, col)
         grids.append(g)
+        sds.append(sd)
     finite = np.concatenate([g[np.isfinite(g)] for g in grids]) if grids else np.array([])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    norm = LogNorm(vmin, vmax) if log_color and vmin > 0 else Normalize(vmin, vmax)
-    fig = new_figure(1.2 + 0.9 * len(xs) * len(panels) + 1.0, 1.2 + 0.6 * len(ys) + 0.6)
+    norm, cmap = color_scale(metric, vmin, vmax, log_color)
+    seeds = len({r.get("seed") for r in rows})
+    fig = new_figure(1.2 + 0.9 * len(xs) * len(panels) + 1.4, 1.6 + 0.6 * len(ys) + 0.8)
     axs = fig.subplots(1, len(panels), squeeze=False)[0]
     im = None
-    for ax, (combo, col), g in zip(axs, panels, grids):
-        im = ax.imshow(g, origin="lower", aspect="auto", cmap="viridis", norm=norm)
+    for ax, (combo, col), g, sd in zip(axs, panels, grids, sds):
+        im = ax.imshow(g, origin="lower", aspect="auto", cmap=cmap, norm=norm)
         for i in range(len(ys)):
             for j in range(len(xs)):
                 if np.isfinite(g[i, j]):
-                    txt = f"{g[i, j]:.3g}"
-                    light = norm(g[i, j]) < 0.5
+                    txt = f"{g[i, j]:.3g}" + (f"\n± {sd[i, j]:.2g}" if np.isfinite(sd[i, j])
+                                              else "")
+                    level = norm(g[i, j])
+                    light = abs(level - 0.5) > 0.3 if metric in SIGNED else level < 0.5
                     ax.text(j, i, txt, ha="center", va="center", fontsize=7,
                             color="white" if light else "black")
         ax.set_xticks(range(len(xs)), [_fmt(v) for v in xs])
         ax.set_yticks(range(len(ys)), [_fmt(v) for v in ys])
         ax.set_xlabel(x)
         ax.set_ylabel(y)
-        head = "measured (seed mean)" if col == metric else f"theory: {THEORY_LABEL.get(col, col)}"
+        head = (f"measured: seed mean ± sd ({seeds} seed{'s' if seeds != 1 else ''})"
+                if col == metric else f"theory: {THEORY_LABEL.get(col, col)}")
         sub = ", ".join(f"{_short(a)}={_fmt(v)}" for a, v in combo.items())
         ax.set_title(head + (f"\n{sub}" if sub else ""), fontsize=8)
     if im is not None:
-        fig.colorbar(im, ax=list(axs), shrink=0.9, label=metric)
-    fig.suptitle((title or metric) + note, fontsize=10)
+        fig.colorbar(im, ax=list(axs), shrink=0.9, label=metric_label(metric))
+    fig.suptitle((title or metric) + note + (f"\n{NOTES[metric]}" if metric in NOTES else ""),
+                 fontsize=9)
     return save(fig, out, dpi=110)
 
 
