@@ -56,40 +56,58 @@ def generic_flops_per_step(cfg) -> float:
     return 3.0 * B * fwd
 
 
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def case_step(c: dict) -> dict:
+    """Steady-state steps/s of the host loop's stepping (topicdyn.loop.Stepper: the sampler and
+    training programs, the next block sampled ahead, on a spare device when there is one),
+    compilation excluded; cores used = process CPU time / wall time over the timed steps."""
     import jax
+    import jax.numpy as jnp
     import numpy as np
 
-    from topicdyn.training import ensemble_seeds, init_state, make_chunk_fn
+    from topicdyn.loop import Stepper, member_mesh, shard, training_devices
+    from topicdyn.models.kernels import select
+    from topicdyn.training import TrainState, ensemble_seeds, init_state
 
     cfg = bench_config(c["preset"], c.get("n_seeds", 1), tuple(c.get("overrides", ())))
-    seeds = ensemble_seeds(cfg)
-    state = jax.block_until_ready(init_state(cfg, seeds))
-    K = cfg.train.chunk
+    seeds = np.asarray(ensemble_seeds(cfg))
+    mesh, spare = training_devices(member_mesh(), len(seeds))
+    n_dev = mesh.devices.size
+    Mp = -(-len(seeds) // n_dev) * n_dev
+    seeds = np.concatenate([seeds, np.repeat(seeds[:1], Mp - len(seeds))])
+    state = shard(TrainState(*jax.device_get(init_state(cfg, jnp.asarray(seeds)))), mesh)
+    stepper = Stepper(cfg, mesh, spare, seeds, None, None)
+    K = stepper.block
     t = time.perf_counter()
-    fn = make_chunk_fn(cfg).lower(state, seeds, np.int32(0), np.int32(K)).compile()
-    compile_s = time.perf_counter() - t
-    state, m = fn(state, seeds, np.int32(0), np.int32(K))  # warm-up
+    state, m = stepper.advance(state, 0, K)  # compiles both programs
     jax.block_until_ready(m)
-    steps, t = K, time.perf_counter()
+    compile_s = time.perf_counter() - t
+    steps = K
+    state, m = stepper.advance(state, steps, K)  # warm-up
+    jax.block_until_ready(m)
+    steps += K
+    t, cpu0, timed = time.perf_counter(), _cpu_seconds(), 0
     while True:
-        state, m = fn(state, seeds, np.int32(steps), np.int32(K))
+        state, m = stepper.advance(state, steps, K)
         jax.block_until_ready(m)
         steps += K
+        timed += K
         el = time.perf_counter() - t
-        if el >= c.get("min_seconds", 8.0) and steps - K >= c.get("min_steps", 5 * K):
+        if el >= c.get("min_seconds", 8.0) and timed >= c.get("min_steps", 5 * K):
             break
-    rate = (steps - K) / el
+    cores = (_cpu_seconds() - cpu0) / el
+    rate = timed / el
     return {"compile_s": compile_s, "steps_per_s": rate,
             "member_steps_per_s": rate * cfg.train.n_seeds,
             "content_tokens_per_s": rate * cfg.train.n_seeds * content_tokens_per_step(cfg),
             "generic_flops_per_step": generic_flops_per_step(cfg) * cfg.train.n_seeds,
-            "timed_steps": steps - K, "impl": "fast" if _fast(cfg) else "generic"}
-
-
-def _fast(cfg) -> bool:
-    from topicdyn.training import use_fast
-    return use_fast(cfg)
+            "timed_steps": timed, "impl": select(cfg), "cores_used": cores,
+            "devices": n_dev, "sampler_on_spare_device": spare is not None,
+            "steps_per_dispatch": K}
 
 
 def case_run(c: dict) -> dict:
@@ -167,9 +185,11 @@ def run_case(c: dict) -> dict:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from topicdyn.process import limit_malloc_arenas
+    case = json.loads(argv[0])
+    from topicdyn.process import configure_host_devices, limit_malloc_arenas
     limit_malloc_arenas()  # as the CLI does, before jax is imported
-    print(json.dumps(run_case(json.loads(argv[0]))))
+    configure_host_devices(case.get("devices"))  # default: as the CLI does
+    print(json.dumps(run_case(case)))
     return 0
 
 

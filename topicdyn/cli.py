@@ -13,7 +13,8 @@ from pathlib import Path
 
 from topicdyn.config import (PRESETS, Config, ConfigError, apply_overrides, load_config, preset,
                              require_run)
-from topicdyn.process import enable_compilation_cache, limit_malloc_arenas
+from topicdyn.process import (configure_host_devices, enable_compilation_cache,
+                              limit_malloc_arenas)
 
 
 _ARGV: list[str] = []  # the command line being parsed (for the flag-style hint)
@@ -376,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     _ARGV[:] = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     limit_malloc_arenas()
+    configure_host_devices()  # before jax is imported
     if args.cmd != "info":  # the others compile programs (info only reads files)
         enable_compilation_cache()
     from topicdyn.commands import COMMANDS

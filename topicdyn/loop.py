@@ -161,6 +161,44 @@ def training_devices(mesh: Mesh, members: int) -> tuple[Mesh, object | None]:
     return member_mesh(devs[:members]), devs[members]
 
 
+class Stepper:
+    """Training steps of a group's members in blocks: the sampler program draws a block of
+    batches (steps_per_dispatch steps), the training program runs up to that many steps on
+    it, and the next block is dispatched before the current one trains, so that on a spare
+    device (training_devices) it is sampled while the current block trains.
+
+    seeds (Mp,) and thr_p (per-member MaskThresholds or None) are host arrays, padded to the
+    mesh; lr_d the per-member learning rates already sharded (or None)."""
+
+    def __init__(self, cfg: Config, mesh: Mesh, spare, seeds, lr_d, thr_p):
+        self.block = steps_per_dispatch(cfg, len(seeds) // mesh.devices.size)
+        self.sample_fn, self.train_fn = programs(cfg, self.block)
+        self.total, self.spare, self.lr_d = cfg.train.steps, spare, lr_d
+        if spare is None:  # each device samples its own members' batches
+            self.seeds = shard(seeds, mesh)
+            self.thr = None if thr_p is None else shard(thr_p, mesh)
+        else:
+            self.seeds = jax.device_put(seeds, spare)
+            self.thr = None if thr_p is None else jax.device_put(thr_p, spare)
+        self.batch_sharding = NamedSharding(mesh, PartitionSpec(None, AXIS))
+        self.pending: tuple[int, object] | None = None  # (first step, batches) sampled ahead
+
+    def _sample(self, t: int):
+        b = self.sample_fn(self.seeds, np.int32(t), self.thr)
+        return b if self.spare is None else jax.device_put(b, self.batch_sharding)
+
+    def advance(self, state, step: int, n: int):
+        """(state, metrics (block, Mp)) after steps step..step+n-1 (n <= block; rows >= n
+        zero). Dispatches the sampling of the block after them before training this one."""
+        if self.pending is not None and self.pending[0] == step:
+            batches = self.pending[1]
+        else:
+            batches = self._sample(step)
+        nxt = step + n
+        self.pending = (nxt, self._sample(nxt)) if nxt < self.total else None
+        return self.train_fn(state, batches, np.int32(n), self.lr_d)
+
+
 # ---- a group ----------------------------------------------------------------------------------
 @dataclass
 class Group:
@@ -250,27 +288,11 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
     state = shard(TrainState(*host), mesh)
     lr_d = None if lr is None else shard(_pad(lr, Mp), mesh)
     thr_p = None if thr is None else jax.tree.map(lambda x: _pad(x, Mp), thr)
-    if spare is None:  # each device samples its own members' batches
-        seeds_s = shard(seeds, mesh)
-        thr_s = None if thr_p is None else shard(thr_p, mesh)
-    else:  # the spare device samples the next block while the current one trains
-        seeds_s = jax.device_put(seeds, spare)
-        thr_s = None if thr_p is None else jax.device_put(thr_p, spare)
-    batch_sharding = NamedSharding(mesh, PartitionSpec(None, AXIS))
+    stepper = Stepper(cfg, mesh, spare, seeds, lr_d, thr_p)
     active = hooks(params0) if (writer and hooks) else []
     sinks = list(sinks or []) if writer else []
-
-    S = steps_per_dispatch(cfg, Mp // n_dev)
-    sample_fn, train_fn = programs(cfg, S)
     ck_steps = set(checkpoint_steps(cfg.train))
     total, every = cfg.train.steps, cfg.train.log_every
-
-    def sample_block(t: int):
-        """Dispatch the sampling of the block of steps t..t+S-1 (runs asynchronously)."""
-        if t >= total:
-            return None
-        b = sample_fn(seeds_s, np.int32(t), thr_s)
-        return b if spare is None else jax.device_put(b, batch_sharding)
     n_seeds = group.n_seeds
     tokens_per_step = cfg.data.batch_size * (cfg.data.N_min + cfg.data.N_max) / 2
     bar = Progress(total, progress and writer)
@@ -286,12 +308,10 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
                 c.save(0, jax.tree.map(lambda x, s=s: x[s], host))
             for h in active:
                 h(0, host, None)
-        pending = sample_block(step)
         for boundary in (b for b in log_steps(cfg) if b > origin):
             while step < boundary:
-                n = min(S, boundary - step)
-                batches, pending = pending, sample_block(step + n)  # the next block, ahead
-                state, m = train_fn(state, batches, np.int32(n), lr_d)
+                n = min(stepper.block, boundary - step)
+                state, m = stepper.advance(state, step, n)
                 m = to_host(m)
                 window.append(np.asarray(m["loss"])[:n])
                 last_grad = {g: np.asarray(v)[n - 1] for g, v in m["grad_norm"].items()}

@@ -58,3 +58,31 @@ def enable_compilation_cache() -> bool:
     jax.config.update("jax_compilation_cache_dir", str(root / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return True
+
+
+DEVICE_FLAG = "--xla_force_host_platform_device_count"
+
+
+def configure_host_devices(n: int | None = None) -> int:
+    """Expose the CPU as n XLA devices (default: the cores this process may use, at most 8),
+    so that ensemble members spread over cores and a single run samples its next batches on a
+    second core while the first trains (topicdyn.loop). Call before jax is imported; a no-op
+    (returning the count in effect, or 0 if unknown) when jax is already imported or the user
+    set the flag in XLA_FLAGS. Accelerators are unaffected (they stay the default devices)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if DEVICE_FLAG in flags:
+        try:
+            return int(flags.split(DEVICE_FLAG + "=")[1].split()[0])
+        except (IndexError, ValueError):
+            return 0
+    if "jax" in sys.modules:
+        return 0
+    if n is None:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            n = os.cpu_count() or 1
+        n = max(1, min(n, 8))
+    if n > 1:
+        os.environ["XLA_FLAGS"] = f"{flags} {DEVICE_FLAG}={n}".strip()
+    return n

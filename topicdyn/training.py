@@ -254,6 +254,13 @@ def steps_per_dispatch(cfg: Config, members: int) -> int:
     return int(max(1, min(cfg.train.chunk, DISPATCH_BYTES // per_step)))
 
 
+SAMPLE_POSITIONS = 300_000  # positions the sampler draws per kernel (all members of g steps)
+
+
+def _largest_divisor_at_most(n: int, k: int) -> int:
+    return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
+
+
 def make_sampler(cfg: Config, steps: int):
     """jit((seeds, start, mask_thr=None) -> MLMBatch with leading (steps, n_seeds) axes): the
     batches of steps start..start+steps-1 of every member, exactly train_batch(seed, t) (the
@@ -270,7 +277,14 @@ def make_sampler(cfg: Config, steps: int):
         else:
             per = jax.vmap(lambda s, t, th: train_batch(s, t, cfg, th), in_axes=(0, None, 0))
             one = lambda s, t: per(s, t, mask_thr)  # noqa: E731
-        return jax.vmap(lambda t: one(seeds, t))(start + jnp.arange(steps, dtype=jnp.int32))
+        # groups of g steps vmapped together, a loop over the groups: enough positions per
+        # kernel to amortise its launch, few enough for the working set to stay in cache
+        m = int(np.shape(seeds)[0])
+        g = _largest_divisor_at_most(steps, max(1, SAMPLE_POSITIONS // (
+            m * cfg.data.batch_size * cfg.data.seq_len)))
+        ts = start + jnp.arange(steps, dtype=jnp.int32).reshape(steps // g, g)
+        out = jax.lax.map(lambda tg: jax.vmap(lambda t: one(seeds, t))(tg), ts)
+        return jax.tree.map(lambda x: x.reshape((steps,) + x.shape[2:]), out)
 
     return jax.jit(sample, compiler_options=compile_options())
 

@@ -66,15 +66,21 @@ def _lean_tables(params, cfg: Config, const: frozenset[str], query_free: bool):
 def _table_products(mats, nv, d, query_free, tied):
     scale = 1.0 / math.sqrt(d)
 
+    names = ("WV",) if query_free else ("WQ", "WK", "WV")
+
     def fwd(mats):
         E = mats.get("E")
-        emb = (lambda W: W[:nv]) if E is None else (lambda W: E @ W)
-        VE = emb(mats["WV"])
+        if E is None:
+            QE, KE, VE = (None, None, mats["WV"][:nv]) if query_free else (
+                mats["WQ"][:nv], mats["WK"][:nv], mats["WV"][:nv])
+        else:  # one product E [W^Q W^K W^V] instead of three (fewer, larger kernels)
+            EW = E @ jnp.concatenate([mats[n] for n in names], axis=1)
+            parts = jnp.split(EW, len(names), axis=1)
+            QE, KE, VE = (None, None, parts[0]) if query_free else parts
         D = (None if E is None else E.T) if tied else mats.get("W_dec")  # E None: identity
         VE2 = VE[:, :nv] if D is None else VE @ D
         if query_free:
             return (None, VE2), (VE, D, None, None)
-        QE, KE = emb(mats["WQ"]), emb(mats["WK"])
         S = (QE @ KE.T) * jnp.float32(scale)
         return (S, VE2), (VE, D, QE, KE)
 
@@ -102,14 +108,14 @@ def _table_products(mats, nv, d, query_free, tied):
         if not query_free:
             dS = dS * jnp.float32(scale)
             dX["WQ"], dX["WK"] = dS @ KE, dS.T @ QE
-        dE = None
-        for n, dx in dX.items():  # X = E W: dW = E^T dX, dE += dX W^T
-            if E is None:
+        if E is None:
+            for n, dx in dX.items():
                 g[n] = jnp.zeros_like(mats[n]).at[:nv].set(dx) if d > nv else dx
-            else:
-                g[n] = E.T @ dx
-                t = dx @ mats[n].T
-                dE = t if dE is None else dE + t
+        else:  # X = E W for the stacked W = [W^Q W^K W^V]: dW = E^T dX, dE = dX W^T
+            dXs = jnp.concatenate([dX[n] for n in names], axis=1)
+            for n, gw in zip(names, jnp.split(E.T @ dXs, len(names), axis=1)):
+                g[n] = gw
+            dE = dXs @ jnp.concatenate([mats[n] for n in names], axis=1).T
         if E is not None:
             if tied:  # VE2 = VE E^T: the decoder's share of dE
                 dE = dE + dVE2.T @ VE
