@@ -4,7 +4,10 @@
 with its figures; `--reuse-only` re-renders them from the finished runs."""
 import sys
 
-from topicdyn.singh.cli import main
+from topicdyn.process import configure_host_devices  # noqa: E402
+
+configure_host_devices()  # before jax is imported: a second core samples ahead
+from topicdyn.singh.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

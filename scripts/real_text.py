@@ -5,7 +5,10 @@ results/REAL_TEXT.md with its figures; `--reuse-only` re-renders them. Needs the
 pip install -e ".[text]"."""
 import sys
 
-from topicdyn.realtext.cli import main
+from topicdyn.process import configure_host_devices  # noqa: E402
+
+configure_host_devices()  # before jax is imported: a second core samples ahead
+from topicdyn.realtext.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -13,6 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout
 
+from topicdyn.process import configure_host_devices  # noqa: E402
+
+configure_host_devices()  # before jax is imported: a second core samples ahead
 from topicdyn.reproduce.cli import main  # noqa: E402
 
 if __name__ == "__main__":

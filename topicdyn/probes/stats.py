@@ -53,6 +53,9 @@ def block_stats(M: jnp.ndarray, word_topic: np.ndarray) -> dict:
     return out
 
 
+DENSE_EIG_MAX = 256  # up to this size a dense eigensolver is faster than Lanczos iteration
+
+
 def stable_rank(M: jnp.ndarray) -> jnp.ndarray:
     """||M||_F^2 / ||M||_2^2 (0 for the zero matrix).
 
@@ -64,12 +67,12 @@ def stable_rank(M: jnp.ndarray) -> jnp.ndarray:
 
     Only the top singular value is needed: ||M||_2^2 is the largest eigenvalue of the smaller
     Gram matrix, found by Lanczos iteration (ARPACK, fixed start vector, converged to machine
-    precision) for large matrices: a dense decomposition of a 1000-word vocabulary's matrix
+    precision) above DENSE_EIG_MAX: a dense decomposition of a 1000-word vocabulary's matrix
     takes seconds on a CPU, Lanczos a fraction of one."""
     def top_eig(m):
         G = m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
         n = G.shape[0]
-        if n <= 64:
+        if n <= DENSE_EIG_MAX:
             return float(np.linalg.eigvalsh(G)[-1])
         if not G.any():
             return 0.0
