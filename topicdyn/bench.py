@@ -70,7 +70,7 @@ def case_step(c: dict) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from topicdyn.loop import Stepper, member_mesh, shard, training_devices
+    from topicdyn.devices import Stepper, member_mesh, shard, training_devices
     from topicdyn.models.kernels import select
     from topicdyn.training import TrainState, ensemble_seeds, init_state
 
