@@ -107,6 +107,12 @@ class CheckpointProber:
         return row
 
     def _work(self):
+        # the last device: with several CPU devices (topicdyn.process.configure_host_devices)
+        # a single run trains on the first, so the probes run beside it, not queued behind it
+        with jax.default_device(jax.devices()[-1]):
+            self._loop()
+
+    def _loop(self):
         try:
             self._setup()
         except BaseException as e:  # reported by the next call or close()
