@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
 import pytest
 
 from topicdyn.cli import main
@@ -34,7 +35,13 @@ COMPARED = ("config.json", "metrics.jsonl", "checkpoints.jsonl", "probes.jsonl",
 CACHE = {"JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="topicdyn-jax-cache-"),
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-ENV = {**os.environ, **CACHE}
+# the subprocesses see as many XLA devices as this process: members split over more devices batch
+# fewer members per program and can differ in the last bit (README, Performance), and several
+# tests here compare a run of this process with one of a subprocess
+_DEVICES = {"XLA_FLAGS": " ".join(
+    [os.environ.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={jax.device_count()}"]
+).strip()} if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "") else {}
+ENV = {**os.environ, **CACHE, **_DEVICES}
 
 
 def _cli(*args, env=None, timeout=300):
