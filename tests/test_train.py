@@ -136,3 +136,35 @@ def test_sampling_on_a_second_device_gives_the_same_run(tmp_path):
     assert (runs[1] / "metrics.jsonl").read_text() == (runs[2] / "metrics.jsonl").read_text()
     assert ([c["sha256"] for c in list_checkpoints(runs[1])]
             == [c["sha256"] for c in list_checkpoints(runs[2])])
+
+
+def test_an_odd_ensemble_over_two_devices_probes_its_own_members(tmp_path):
+    """Three seeds over two CPU devices: the member axis is padded to four, and the probes (and
+    every file) see the three members only, equal to the one-device run to float rounding."""
+    import os
+    import subprocess
+    import sys
+
+    tiny = ["data.T=3", "data.v=4", "data.N_min=10", "data.N_max=20", "data.batch_size=8",
+            "train.steps=20", "train.log_every=10", "train.ckpt_steps=[0,10,20]",
+            "train.n_seeds=3"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    two = tmp_path / "dev2"
+    r = subprocess.run([sys.executable, "-m", "topicdyn", "train", "--preset", "F", *tiny,
+                        "--out", str(two), "--no-progress", "--no-figures"], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    one = train(preset("F", tiny), tmp_path / "dev1", progress=False, probes=True)
+
+    def rows(run, name):
+        return [json.loads(x) for x in (run / name).read_text().splitlines()]
+
+    for name in ("metrics.jsonl", "probes.jsonl"):
+        a, b = rows(two, name), rows(one, name)
+        assert [x["step"] for x in a] == [x["step"] for x in b]
+        for ra, rb in zip(a, b):
+            for k, v in rb.items():
+                if isinstance(v, list) and v and isinstance(v[0], float):
+                    assert len(ra[k]) == 3, (name, k)
+                    np.testing.assert_allclose(ra[k], v, rtol=1e-4, atol=1e-6, err_msg=k)

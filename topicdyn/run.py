@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import jax
+
 from topicdyn.config import Config, ConfigError, load_config
 from topicdyn.jsonl import read_jsonl
 from topicdyn.faults import LOCK_NAME, DirLock
@@ -64,13 +66,16 @@ def _resume_step(cfg: Config, run_dir: Path, probed: bool) -> int:
 
 
 class _RunHook:
-    """Adapts a single run's on_checkpoint(step, state, run_dir) to the group loop's hooks."""
+    """Adapts a single run's on_checkpoint(step, state, run_dir) to the group loop's hooks.
 
-    def __init__(self, fn: Callable, run_dir: Path):
-        self.fn, self.run_dir = fn, run_dir
+    The loop's host state holds the member axis padded to a multiple of the device count; the
+    run's callback sees its n_seeds members only."""
+
+    def __init__(self, fn: Callable, run_dir: Path, n_seeds: int):
+        self.fn, self.run_dir, self.n = fn, run_dir, n_seeds
 
     def __call__(self, step, host_state, _):
-        self.fn(step, host_state, self.run_dir)
+        self.fn(step, jax.tree.map(lambda x: x[:self.n], host_state), self.run_dir)
 
     def close(self):
         close = getattr(self.fn, "close", None)
@@ -111,7 +116,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
         start = _resume_step(cfg, run_dir, on_checkpoint is not None) if resume else 0
         prepare_point(cfg, run_dir, start)
         hooks = None if on_checkpoint is None else (
-            lambda _p0: [_RunHook(on_checkpoint, run_dir)])
+            lambda _p0: [_RunHook(on_checkpoint, run_dir, cfg.train.n_seeds)])
         from topicdyn.trackers import make_sinks
         sinks = make_sinks(log_to, [run_dir], start)
         train_group(Group([cfg], [run_dir]), member_mesh(), start, hooks,
