@@ -79,6 +79,23 @@ def training_devices(mesh: Mesh, members: int) -> tuple[Mesh, object | None]:
     return member_mesh(devs[:members]), devs[members]
 
 
+def _per_device(sample_fn, mesh: Mesh, with_thr: bool):
+    """The sampler run by each device on its own members (shard_map), not partitioned by XLA:
+    vmapped over members, the sampler's rejection loops (gamma draws) end when every member's
+    has, which over a sharded member axis is a cross-device all-reduce per iteration; on host
+    CPU devices one delayed participant (a probe program on the same device) then stalls every
+    device and past XLA's rendezvous timeout aborts the process. Per device, the loops are
+    local and each member's batch is the same (the draws are elementwise per member)."""
+    P = PartitionSpec
+    if with_thr:
+        f = jax.shard_map(sample_fn, mesh=mesh, in_specs=(P(AXIS), P(), P(AXIS)),
+                          out_specs=P(None, AXIS), check_vma=False)
+        return jax.jit(f)
+    f = jax.shard_map(lambda s, t: sample_fn(s, t), mesh=mesh, in_specs=(P(AXIS), P()),
+                      out_specs=P(None, AXIS), check_vma=False)
+    return jax.jit(lambda s, t, _thr=None: f(s, t))
+
+
 class Stepper:
     """Training steps of a group's members in blocks: the sampler program draws a block of
     batches (steps_per_dispatch steps), the training program runs up to that many steps on
@@ -91,6 +108,8 @@ class Stepper:
     def __init__(self, cfg: Config, mesh: Mesh, spare, seeds, lr_d, thr_p):
         self.block = steps_per_dispatch(cfg, len(seeds) // mesh.devices.size)
         self.sample_fn, self.train_fn = programs(cfg, self.block)
+        if spare is None and mesh.devices.size > 1:
+            self.sample_fn = _per_device(self.sample_fn, mesh, thr_p is not None)
         self.total, self.spare, self.lr_d = cfg.train.steps, spare, lr_d
         if spare is None:  # each device samples its own members' batches
             self.seeds = shard(seeds, mesh)
