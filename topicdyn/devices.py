@@ -79,21 +79,36 @@ def training_devices(mesh: Mesh, members: int) -> tuple[Mesh, object | None]:
     return member_mesh(devs[:members]), devs[members]
 
 
-def _per_device(sample_fn, mesh: Mesh, with_thr: bool):
-    """The sampler run by each device on its own members (shard_map), not partitioned by XLA:
-    vmapped over members, the sampler's rejection loops (gamma draws) end when every member's
-    has, which over a sharded member axis is a cross-device all-reduce per iteration; on host
-    CPU devices one delayed participant (a probe program on the same device) then stalls every
-    device and past XLA's rendezvous timeout aborts the process. Per device, the loops are
-    local and each member's batch is the same (the draws are elementwise per member)."""
-    P = PartitionSpec
-    if with_thr:
-        f = jax.shard_map(sample_fn, mesh=mesh, in_specs=(P(AXIS), P(), P(AXIS)),
-                          out_specs=P(None, AXIS), check_vma=False)
-        return jax.jit(f)
-    f = jax.shard_map(lambda s, t: sample_fn(s, t), mesh=mesh, in_specs=(P(AXIS), P()),
-                      out_specs=P(None, AXIS), check_vma=False)
-    return jax.jit(lambda s, t, _thr=None: f(s, t))
+def _per_device(fn, mesh: Mesh, in_specs: tuple, out_specs, donate=()):
+    """fn run by each device on its own members (shard_map), not partitioned by XLA.
+
+    Vmapped over members, a while loop (the sampler's gamma rejection draws, loops inside a
+    model's backward pass) runs until every member's has ended, which over a sharded member
+    axis is a cross-device all-reduce per iteration; on host CPU devices one delayed
+    participant (a probe program on the same device) stalls every device, and past XLA's
+    rendezvous timeout the process aborts. Per device the loops are local, and each member's
+    values are the same (a member's computation does not read another member's)."""
+    f = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    return jax.jit(f, donate_argnums=donate)
+
+
+def _sharded_programs(sample_fn, train_fn, mesh: Mesh, spare, with_thr: bool, with_lr: bool):
+    """The sampler and training programs per device over a member mesh of several devices."""
+    M, B, R = PartitionSpec(AXIS), PartitionSpec(None, AXIS), PartitionSpec()
+    sample = sample_fn
+    if spare is None:  # the sampler on the mesh (else alone on the spare device)
+        if with_thr:
+            sample = _per_device(sample_fn, mesh, (M, R, M), B)
+        else:
+            one = _per_device(lambda s, t: sample_fn(s, t), mesh, (M, R), B)
+            sample = lambda s, t, _thr=None: one(s, t)  # noqa: E731
+    if with_lr:
+        train = _per_device(train_fn, mesh, (M, B, R, M), (M, B), donate=(0,))
+    else:
+        one_t = _per_device(lambda st, b, n: train_fn(st, b, n), mesh, (M, B, R), (M, B),
+                            donate=(0,))
+        train = lambda st, b, n, _lr=None: one_t(st, b, n)  # noqa: E731
+    return sample, train
 
 
 class Stepper:
@@ -108,8 +123,9 @@ class Stepper:
     def __init__(self, cfg: Config, mesh: Mesh, spare, seeds, lr_d, thr_p):
         self.block = steps_per_dispatch(cfg, len(seeds) // mesh.devices.size)
         self.sample_fn, self.train_fn = programs(cfg, self.block)
-        if spare is None and mesh.devices.size > 1:
-            self.sample_fn = _per_device(self.sample_fn, mesh, thr_p is not None)
+        if mesh.devices.size > 1:
+            self.sample_fn, self.train_fn = _sharded_programs(
+                self.sample_fn, self.train_fn, mesh, spare, thr_p is not None, lr_d is not None)
         self.total, self.spare, self.lr_d = cfg.train.steps, spare, lr_d
         if spare is None:  # each device samples its own members' batches
             self.seeds = shard(seeds, mesh)
