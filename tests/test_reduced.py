@@ -148,3 +148,51 @@ def test_reduced_optimum_is_the_symmetric_optimum():
     np.testing.assert_allclose(th["same"] - th["cross"], opt.gaps["same_minus_cross"], atol=1e-3)
     np.testing.assert_allclose(th["diag"] - th["same"], opt.gaps["diag_minus_same"], atol=1e-3)
     np.testing.assert_allclose(tr.loss[-1], opt.plateau, atol=1e-5)
+
+
+def test_band_check_recomputed_by_hand():
+    from topicdyn.claims.trajectory import band_check
+
+    pred = {"regime": "V", "step": [0, 10], "loss": [4.0, 3.0], "value_gap": [0.0, 1.0],
+            "loss_se": 0.03}
+    rows = [{"step": 0, "loss/pop_loss": [4.0, 4.0], "loss/pop_loss_se": [0.04, 0.04],
+             "blocks/value_gap": [0.0, 0.0]},
+            {"step": 10, "loss/pop_loss": [3.1, 3.3], "loss/pop_loss_se": [0.04, 0.04],
+             "blocks/value_gap": [1.0, 1.2]}]
+    res = band_check(pred, rows)
+    # step 10: loss mean 3.2, sd 0.1414, se 0.05, REL 0.1 of the change 1.0 -> z = 0.1 / 0.15;
+    # gap: mean 1.1, sd 0.1414, REL 0.1 of 1.0 -> z = 0
+    z = (0.2 - 0.1) / np.sqrt(0.02 + 0.03 ** 2 + 0.04 ** 2)
+    assert res["inside"] is True and res["worst"][2] == "loss"
+    np.testing.assert_allclose(res["worst"][0], z, rtol=1e-12)
+    rows[1]["loss/pop_loss"] = [3.5, 3.6]  # 0.55 - 0.1 off with sd 0.07: z ~ 5.2
+    assert band_check(pred, rows)["inside"] is False
+    assert band_check(pred, rows)["first_outside"] == 10
+    one = [{k: (v[:1] if isinstance(v, list) else v) for k, v in r.items()} for r in rows]
+    assert band_check(pred, one)["inside"] is None  # one seed: no band
+
+
+def test_band_claim_holds_for_the_run_and_rejects_a_perturbed_lr(tmp_path):
+    import json
+
+    from topicdyn.predicted import FILE, predict
+    from topicdyn.probes.runner import CheckpointProber
+    from topicdyn.run import train
+    from topicdyn.verdicts import judge_run, run_predictions
+
+    ov = ["data.T=3", "data.v=3", "data.N_min=8", "data.N_max=12", "data.batch_size=256",
+          "train.steps=60", "train.n_seeds=3", "train.ckpt_log_points=5",
+          "train.ckpt_linear_from=20", "train.ckpt_every=20", "train.n_pop_eval=1000",
+          "optim.lr=0.03"]
+    cfg = preset("V", ov)
+    run = tmp_path / "run"
+    train(cfg, run, progress=False, on_checkpoint=CheckpointProber(cfg, run))
+    (run / "theory.json").write_text(json.dumps({"loss": "ce"}))
+    rows = {c["claim"]: c for c in judge_run(run, write=False)}
+    row = rows["reduced_trajectory_band"]
+    assert row["verdict"] == "holds", row["how"]
+    # the same run against the prediction for a 3x larger learning rate: rejected
+    other = predict(preset("V", ov[:-1] + ["optim.lr=0.09"]))
+    (run / FILE).write_text(json.dumps(other))
+    row = {c["claim"]: c for c in judge_run(run, write=False)}["reduced_trajectory_band"]
+    assert row["verdict"] == "refuted", row["how"]
