@@ -196,3 +196,24 @@ def test_band_claim_holds_for_the_run_and_rejects_a_perturbed_lr(tmp_path):
     (run / FILE).write_text(json.dumps(other))
     row = {c["claim"]: c for c in judge_run(run, write=False)}["reduced_trajectory_band"]
     assert row["verdict"] == "refuted", row["how"]
+
+
+@pytest.mark.parametrize("regime", ["V", "A"])
+def test_symmetry_probe_against_the_numpy_projection(regime):
+    from topicdyn.probes import PROBES, make_context
+
+    cfg = _tiny(regime, "train.n_eval=4", "train.n_pop_eval=0")
+    ctx = make_context(cfg, with_bayes=False, names=("symmetry",))
+    rm = reduced_model(cfg)
+    p0 = jax.tree.map(lambda x: x[0], init_state(cfg, jnp.asarray([0])).params)
+    out = PROBES["symmetry"](p0, p0, ctx)
+    for n in rm.trained:
+        M = np.asarray(p0[n]).reshape(cfg.d_model, cfg.d_model)
+        np.testing.assert_allclose(out[n], rm.basis.asymmetry(M), rtol=1e-5)
+        assert out[n] > 0.5  # a random init is mostly non-symmetric
+    sym = to_params(rm, rm.project(p0), p0)
+    out = PROBES["symmetry"](sym, p0, ctx)
+    for n in rm.trained:
+        assert out[n] < 1e-6
+    key = "value_map" if regime == "V" else "score_map"
+    assert out[key] < 1e-6
