@@ -118,7 +118,7 @@ def test_reduced_gradient_matches_finite_differences(regime):
     rng = np.random.default_rng(1)
     theta = {n: rng.normal(size=rm.basis.K) * 0.7 for n in rm.trained}
     g = jax.grad(rm.population_loss)({n: jnp.asarray(v, jnp.float32) for n, v in theta.items()},
-                                     pair_stats(sample, cfg.data.n_vocab))
+                                     pair_stats(sample, cfg.data.n_vocab, rm.basis))
     h = 1e-5
     for n in rm.trained:
         for k in range(rm.basis.K):
@@ -138,7 +138,7 @@ def test_reduced_optimum_is_the_symmetric_optimum():
     rm = reduced_model(cfg)
     # stationarity: the reduced gradient vanishes at the optimum, whose loss is the plateau
     theta = {"WV": jnp.asarray(rm.basis.project(opt.matrix), jnp.float32)}
-    stats = pair_stats(sample, cfg.data.n_vocab)
+    stats = pair_stats(sample, cfg.data.n_vocab, rm.basis)
     value, g = jax.value_and_grad(rm.population_loss)(theta, stats)
     np.testing.assert_allclose(value, opt.plateau, atol=1e-6)
     np.testing.assert_allclose(g["WV"], 0.0, atol=1e-5)

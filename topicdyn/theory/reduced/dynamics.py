@@ -74,12 +74,10 @@ def reduced_trajectory(cfg: Config, sample: PopulationSample, theta0: dict | Non
         p0 = jax.tree.map(lambda x: x[0], init_state(cfg, jnp.asarray([cfg.train.seed])).params)
         theta0 = rm.project(p0)
     theta0 = {n: jnp.asarray(theta0[n], jnp.float32) for n in rm.trained}
-    stats = pair_stats(sample, cfg.data.n_vocab)
+    stats = pair_stats(sample, cfg.data.n_vocab, rm.basis if rm.regime in ("V", "E") else None)
     losses, thetas = _descent(rm, make_optimizer(cfg), steps)(theta0, stats)
-    per = np.asarray(rm.per_pair_loss({n: v[-1] for n, v in thetas.items()}, stats), np.float64)
-    doc = np.asarray(stats.doc)
-    num = np.bincount(doc, per, sample.n_docs)
-    den = np.bincount(doc, np.asarray(stats.n_weight, np.float64), sample.n_docs)
+    num = np.asarray(rm.per_doc_loss({n: v[-1] for n, v in thetas.items()}, stats), np.float64)
+    den = np.asarray(stats.doc_n, np.float64)
     se = 0.0 if sample.estimator == "enumeration" else ratio_se(num, den)[1]
     return ReducedTrajectory(rm.regime, rm.basis.names, np.asarray(losses, np.float64),
                              {n: np.asarray(v, np.float64) for n, v in thetas.items()},

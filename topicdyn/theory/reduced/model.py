@@ -11,7 +11,7 @@ columns permuted together; the product W^Q W^K^T is what the scores read), so it
 symmetric point is symmetric, and a coordinate-wise optimiser keeps the parameters symmetric.
 
 The population loss is computed from sufficient statistics (theory/population.py): for every
-(document, shown token) pair, attention = softmax_v(S[x, v] + log c[v]) over the key counts c,
+(document, shown token) pair (V, E: every document), attention = softmax_v(S[x, v] + log c[v]) over the key counts c,
 logits = attention @ (E W^V W_dec), S = E W^Q W^K^T E^T / sqrt(d_head); CE or squared loss,
 weighted by the pair's target counts, as the ratio E[sum of losses] / E[number of queries].
 On a Monte Carlo sample the loss (and every predicted quantity) carries the sample's error.
@@ -54,24 +54,42 @@ def regime_of(cfg: Config) -> str | None:
 class PairStats(NamedTuple):
     """A PopulationSample grouped by (document, shown token): jnp arrays."""
 
-    log_keys: jax.Array  # (P, n) log key counts of the pair's document (NEG where 0)
+    log_keys: jax.Array  # (D, n) log key counts of every document (NEG where 0)
+    pair_doc: jax.Array  # (P,) document of each pair (int32)
     token: jax.Array  # (P,) shown token
     targets: jax.Array  # (P, n) weighted target counts
     n_weight: jax.Array  # (P,) weighted number of queries
-    doc: np.ndarray  # (P,) document of each pair (for cluster standard errors)
+    doc_targets: jax.Array  # (D, n) weighted target counts per document
+    doc_n: jax.Array  # (D,) weighted number of queries per document
+    x: jax.Array  # (D, V) content key frequencies xbar (uniform-attention regimes, else 0)
+    x_topic: jax.Array  # (D, V) key mass of each word's own topic
+    x_special: jax.Array  # (D, n - V) special key frequencies
 
 
-def pair_stats(sample: PopulationSample, n: int) -> PairStats:
-    """Group the queries of a sample by (document, shown token)."""
+def pair_stats(sample: PopulationSample, n: int, basis: BlockBasis | None = None) -> PairStats:
+    """Group the queries of a sample by (document, shown token); basis: also the features of
+    the uniform-attention regimes (whose logits are linear in the block scalars)."""
     key = sample.q_doc.astype(np.int64) * n + sample.q_token
     uniq, inv = np.unique(key, return_inverse=True)
     doc, tok = uniq // n, uniq % n
     Y = np.zeros((len(uniq), n))
     np.add.at(Y, (inv, sample.q_target), sample.q_weight)
-    kc = sample.key_counts[doc]
+    kc = sample.key_counts
     logk = np.where(kc > 0, np.log(np.maximum(kc, 1e-300)), NEG)
-    return PairStats(jnp.asarray(logk, jnp.float32), jnp.asarray(tok, jnp.int32),
-                     jnp.asarray(Y, jnp.float32), jnp.asarray(Y.sum(1), jnp.float32), doc)
+    D = sample.n_docs
+    Yd = np.zeros((D, n))
+    np.add.at(Yd, (sample.q_doc, sample.q_target), sample.q_weight)
+    V = int((basis.classes[0] <= 2).sum()) if basis is not None else 0
+    xbar = kc / np.maximum(kc.sum(1, keepdims=True), 1e-300)
+    if basis is None:
+        x = xt = xs = np.zeros((1, 1))
+    else:
+        same = basis.classes[:V, :V] <= 1  # diag or same topic
+        x, xs = xbar[:, :V], xbar[:, V:]
+        xt = x @ same
+    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    return PairStats(f32(logk), jnp.asarray(doc, jnp.int32), jnp.asarray(tok, jnp.int32),
+                     f32(Y), f32(Y.sum(1)), f32(Yd), f32(Yd.sum(1)), f32(x), f32(xt), f32(xs))
 
 
 @dataclass(frozen=True)
@@ -91,22 +109,50 @@ class ReducedModel:
             out[name] = self.basis.assemble(theta[name])
         return out
 
-    def per_pair_loss(self, theta: dict, stats: PairStats) -> jax.Array:
-        """(P,) weighted loss sums of every (document, shown token) pair."""
+    def _loss_sums(self, z, n, Y):
+        if self.loss == "ce":  # sum over queries of logsumexp(z) - z[target]
+            return n * jax.nn.logsumexp(z, -1) - jnp.sum(Y * z, -1)
+        # squared: sum over queries of |z|^2 - 2 z[target] + 1
+        return n * (jnp.sum(z * z, -1) + 1.0) - 2.0 * jnp.sum(Y * z, -1)
+
+    def _linear_logits(self, th, stats: PairStats) -> jax.Array:
+        """(D, n) xbar @ W for the block-symmetric W of scalars th, in O(n) per document:
+        content column j: (diag - same) x_j + (same - cross) X_topic(j) + cross |x| +
+        sum_s x_s from_s; special column t: to_t |x| + sum_s x_s (s->t)."""
+        ix = {k: i for i, k in enumerate(self.basis.names)}
+        ns = stats.x_special.shape[1]
+        sp = [k[len("to_"):] for k in self.basis.names if k.startswith("to_")]
+        to = th[jnp.asarray([ix[f"to_{a}"] for a in sp])]
+        frm = th[jnp.asarray([ix[f"from_{a}"] for a in sp])]
+        ss = th[jnp.asarray([ix[f"{a}->{b}"] for a in sp for b in sp])].reshape(ns, ns)
+        tot = jnp.sum(stats.x, -1, keepdims=True)
+        zc = ((th[ix["diag"]] - th[ix["same"]]) * stats.x
+              + (th[ix["same"]] - th[ix["cross"]]) * stats.x_topic
+              + th[ix["cross"]] * tot + (stats.x_special @ frm)[:, None])
+        zs = tot * to[None, :] + stats.x_special @ ss
+        return jnp.concatenate([zc, zs], -1)
+
+    def per_doc_loss(self, theta: dict, stats: PairStats) -> jax.Array:
+        """(D,) weighted loss sums of every document of the sample.
+
+        V, E: one output per document (uniform attention ignores the query), and with the
+        fixed matrices identities the logits are xbar @ W = feats @ theta (the trained
+        matrix's block scalars). A: per (document, shown token) pair, attention over the key
+        counts with the query's score row; sums over the pairs of a document."""
+        if self.regime in ("V", "E"):
+            z = self._linear_logits(theta[self.trained[0]], stats)
+            return self._loss_sums(z, stats.doc_n, stats.doc_targets)
         m = self.matrices(theta)
         E = m["E"]
         S = (E @ m["WQ"]) @ (E @ m["WK"]).T / np.sqrt(E.shape[1])
         M = E @ m["WV"] @ m["W_dec"]
-        attn = jax.nn.softmax(S[stats.token] + stats.log_keys, axis=-1)
-        z = attn @ M
-        if self.loss == "ce":  # sum over queries of logsumexp(z) - z[target]
-            return stats.n_weight * jax.nn.logsumexp(z, -1) - jnp.sum(stats.targets * z, -1)
-        # squared: sum over queries of |z|^2 - 2 z[target] + 1
-        return stats.n_weight * (jnp.sum(z * z, -1) + 1.0) - 2.0 * jnp.sum(stats.targets * z, -1)
+        z = jax.nn.softmax(S[stats.token] + stats.log_keys[stats.pair_doc], axis=-1) @ M
+        per = self._loss_sums(z, stats.n_weight, stats.targets)
+        return jax.ops.segment_sum(per, stats.pair_doc, stats.log_keys.shape[0])
 
     def population_loss(self, theta: dict, stats: PairStats) -> jax.Array:
         """Scalar: E[sum of losses over queries] / E[number of queries] on the sample."""
-        return jnp.sum(self.per_pair_loss(theta, stats)) / jnp.sum(stats.n_weight)
+        return jnp.sum(self.per_doc_loss(theta, stats)) / jnp.sum(stats.doc_n)
 
     def project(self, params: dict) -> dict:
         """Full params (the variant's tree) -> {name: (K,)} block scalars of the trained ones."""
