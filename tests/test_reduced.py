@@ -3,7 +3,11 @@
 Tolerances. Exactness on the subspace: the full model (generic linen apply, the run's optimiser)
 trained on the exact enumerated population of a tiny config versus the reduced scalars: float32
 round-off accumulated over 40 Adam steps (2e-5 absolute on block values of size ~1, 1e-5 on
-the loss). Gradient: float32 autodiff versus float64 central differences (h = 1e-5, truncation
+the loss; the full matrices' non-symmetric part below 1e-5 of the symmetric one). F runs at
+lr 0.01: at 0.05 it reaches the flat uniform-prediction plateau within 10 steps, where the
+exact gradient vanishes and Adam's normalisation turns float32 round-off into full-size,
+non-symmetric steps (asymmetry 1e-7 -> 1e-2 in 10 steps: the subspace is invariant but not
+stable under Adam on a plateau; docs/REDUCTION.md). Gradient: float32 autodiff versus float64 central differences (h = 1e-5, truncation
 error ~h^2) of an independent numpy loss: 1e-4 relative + 1e-6 absolute (float32 summation).
 """
 import jax
@@ -63,7 +67,7 @@ def _full_population_loss(cfg, batch, weight):
     return loss
 
 
-@pytest.mark.parametrize("regime,extra", [("V", ()), ("E", ()), ("A", ()),
+@pytest.mark.parametrize("regime,extra", [("V", ()), ("E", ()), ("A", ()), ("F", ("optim.lr=0.01",)),
                                           ("V", ("optim.name=sgd", "optim.momentum=0.5",
                                                  "optim.lr=2.0"))])
 def test_full_model_on_the_subspace_follows_the_reduced_trajectory(regime, extra):

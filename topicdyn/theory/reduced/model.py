@@ -4,6 +4,9 @@ Regimes (one layer, one head, no positions/residual/LayerNorm, MLM, d_model = n_
     V: trained W^V            (one-hot E, uniform attention, identity decoder)
     E: trained E              (W^V = I, uniform attention, identity decoder)
     A: trained W^Q and W^K    (one-hot E, W^V = topic block, identity decoder)
+    F: all five trained       (E, W^Q, W^K, W^V, W_dec, each block-symmetric in the one-hot
+                               basis of the hidden space: the group acts on the hidden index
+                               by the same permutation, d_model = n_vocab)
 Each trained matrix is block-symmetric (blocks.py); the fixed ones are the variant's own
 constant initial values. The subspace is invariant under training on a symmetric loss: the
 loss is unchanged under M -> P M P^T of every matrix at once (for W^Q, W^K: rows and head
@@ -27,20 +30,27 @@ import numpy as np
 
 from topicdyn.config import Config
 from topicdyn.models import get_variant
+from topicdyn.theory.common import owner_topic
 from topicdyn.theory.population import PopulationSample
 from topicdyn.theory.reduced.blocks import BlockBasis, block_basis
 
-TRAINED = {"V": ("WV",), "E": ("E",), "A": ("WQ", "WK")}
+TRAINED = {"V": ("WV",), "E": ("E",), "A": ("WQ", "WK"), "F": ("E", "WQ", "WK", "WV", "W_dec")}
 NEG = -1e30  # same key mask value as the models
 
 
 def regime_of(cfg: Config) -> str | None:
-    """"V", "E" or "A" when cfg is one of the reduced regimes (any preset name), else None."""
+    """"V", "E", "A" or "F" when cfg is one of the reduced regimes (any preset name), else
+    None."""
     m = cfg.model
     if (m.name != "attention" or m.n_layers != 1 or m.n_heads != 1 or m.residual
             or m.layernorm or m.positional != "none" or cfg.mask.objective != "mlm"
-            or cfg.d_model != cfg.data.n_vocab or m.decoder != "identity"
-            or cfg.optim.freeze or cfg.optim.grad_clip is not None):
+            or cfg.d_model != cfg.data.n_vocab or cfg.optim.freeze
+            or cfg.optim.grad_clip is not None):
+        return None
+    if (m.attention == "trained" and m.embedding == "trained" and m.value == "trained"
+            and m.decoder == "trained"):
+        return "F"
+    if m.decoder != "identity":
         return None
     if m.attention == "uniform" and m.embedding == "onehot" and m.value == "trained":
         return "V"
@@ -101,6 +111,7 @@ class ReducedModel:
     trained: tuple[str, ...]  # parameter names of the trained matrices
     fixed: dict  # name -> (n, n) float32 fixed matrices (E, WV, W_dec; WQ = WK = 0 if uniform)
     loss: str  # "ce" | "squared"
+    topic_onehot: np.ndarray  # (V, T) float32 topic of each content word
 
     def matrices(self, theta: dict) -> dict:
         """{name: (K,)} -> {name: (n, n)} all four matrices E, WQ, WK, WV, W_dec."""
@@ -115,21 +126,21 @@ class ReducedModel:
         # squared: sum over queries of |z|^2 - 2 z[target] + 1
         return n * (jnp.sum(z * z, -1) + 1.0) - 2.0 * jnp.sum(Y * z, -1)
 
-    def _linear_logits(self, th, stats: PairStats) -> jax.Array:
-        """(D, n) xbar @ W for the block-symmetric W of scalars th, in O(n) per document:
-        content column j: (diag - same) x_j + (same - cross) X_topic(j) + cross |x| +
-        sum_s x_s from_s; special column t: to_t |x| + sum_s x_s (s->t)."""
+    def _linear_logits(self, th, x, x_topic, x_special) -> jax.Array:
+        """(R, n) w @ W for weights w = [x (R, V), x_special (R, n - V)] and the block-symmetric
+        W of scalars th, in O(n) per row (x_topic: each word's own-topic mass of x): content
+        column j: (diag - same) x_j + (same - cross) x_topic_j + cross |x| + sum_s x_s from_s;
+        special column t: to_t |x| + sum_s x_s (s->t)."""
         ix = {k: i for i, k in enumerate(self.basis.names)}
-        ns = stats.x_special.shape[1]
+        ns = x_special.shape[1]
         sp = [k[len("to_"):] for k in self.basis.names if k.startswith("to_")]
         to = th[jnp.asarray([ix[f"to_{a}"] for a in sp])]
         frm = th[jnp.asarray([ix[f"from_{a}"] for a in sp])]
         ss = th[jnp.asarray([ix[f"{a}->{b}"] for a in sp for b in sp])].reshape(ns, ns)
-        tot = jnp.sum(stats.x, -1, keepdims=True)
-        zc = ((th[ix["diag"]] - th[ix["same"]]) * stats.x
-              + (th[ix["same"]] - th[ix["cross"]]) * stats.x_topic
-              + th[ix["cross"]] * tot + (stats.x_special @ frm)[:, None])
-        zs = tot * to[None, :] + stats.x_special @ ss
+        tot = jnp.sum(x, -1, keepdims=True)
+        zc = ((th[ix["diag"]] - th[ix["same"]]) * x + (th[ix["same"]] - th[ix["cross"]]) * x_topic
+              + th[ix["cross"]] * tot + (x_special @ frm)[:, None])
+        zs = tot * to[None, :] + x_special @ ss
         return jnp.concatenate([zc, zs], -1)
 
     def per_doc_loss(self, theta: dict, stats: PairStats) -> jax.Array:
@@ -140,13 +151,19 @@ class ReducedModel:
         matrix's block scalars). A: per (document, shown token) pair, attention over the key
         counts with the query's score row; sums over the pairs of a document."""
         if self.regime in ("V", "E"):
-            z = self._linear_logits(theta[self.trained[0]], stats)
+            z = self._linear_logits(theta[self.trained[0]], stats.x, stats.x_topic,
+                                    stats.x_special)
             return self._loss_sums(z, stats.doc_n, stats.doc_targets)
         m = self.matrices(theta)
         E = m["E"]
         S = (E @ m["WQ"]) @ (E @ m["WK"]).T / np.sqrt(E.shape[1])
-        M = E @ m["WV"] @ m["W_dec"]
-        z = jax.nn.softmax(S[stats.token] + stats.log_keys[stats.pair_doc], axis=-1) @ M
+        M = E @ m["WV"] @ m["W_dec"]  # a product of block-symmetric matrices: block-symmetric
+        cls = jnp.asarray(self.basis.classes.ravel())
+        th_m = jax.ops.segment_sum(M.ravel(), cls, self.basis.K) / np.maximum(
+            self.basis.counts, 1)
+        a = jax.nn.softmax(S[stats.token] + stats.log_keys[stats.pair_doc], axis=-1)
+        V, oh = self.topic_onehot.shape[0], jnp.asarray(self.topic_onehot)
+        z = self._linear_logits(th_m, a[:, :V], (a[:, :V] @ oh) @ oh.T, a[:, V:])
         per = self._loss_sums(z, stats.n_weight, stats.targets)
         return jax.ops.segment_sum(per, stats.pair_doc, stats.log_keys.shape[0])
 
@@ -169,14 +186,16 @@ def reduced_model(cfg: Config) -> ReducedModel:
     """The reduced model of a V, E or A config (ValueError for any other)."""
     regime = regime_of(cfg)
     if regime is None:
-        raise ValueError("reduced dynamics: needs regime V, E or A (one layer, one head, no "
-                         "positions/residual/LayerNorm, identity decoder, d_model = n_vocab, "
-                         "MLM, no optim.freeze, no grad_clip)")
+        raise ValueError("reduced dynamics: needs regime V, E, A or F (one layer, one head, "
+                         "no positions/residual/LayerNorm, d_model = n_vocab, MLM, no "
+                         "optim.freeze, no grad_clip)")
     basis = block_basis(cfg)
     p = get_variant(cfg.model.name).init(jax.random.PRNGKey(0), cfg)
     fixed = {n: jnp.asarray(_square(p[n]), jnp.float32) for n in ("E", "WQ", "WK", "WV", "W_dec")
              if n not in TRAINED[regime]}
-    return ReducedModel(regime, basis, TRAINED[regime], fixed, cfg.model.loss)
+    topic = owner_topic(cfg)
+    onehot = (topic[:, None] == np.arange(cfg.data.T)[None, :]).astype(np.float32)
+    return ReducedModel(regime, basis, TRAINED[regime], fixed, cfg.model.loss, onehot)
 
 
 def to_params(rm: ReducedModel, theta: dict, like: dict) -> dict:

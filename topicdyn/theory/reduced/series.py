@@ -38,19 +38,19 @@ def predicted_series(rm: ReducedModel, tr: ReducedTrajectory, steps) -> dict:
         m = rm.matrices({n: tr.theta[n][s] for n in rm.trained})
         mats.append({k: np.asarray(v, np.float64) for k, v in m.items()})
     out["value_gap"] = [_gap(m["E"] @ m["WV"] @ m["W_dec"], cls) for m in mats]
-    if rm.regime == "E":
+    if "E" in rm.trained:
         def gram(m):
             Ec = m["E"] - m["E"][:, :V].mean(1, keepdims=True)
             return Ec @ Ec.T
         out["gram_gap"] = [_gap(gram(m), cls) for m in mats]
-    if rm.regime == "A":
+    if "WQ" in rm.trained:
         d = cls.shape[0]
         sg = [_gap(m["E"] @ m["WQ"] @ m["WK"].T @ m["E"].T / np.sqrt(d), cls) for m in mats]
         out["score_gap"] = sg
         out["attention_ratio"] = [float(np.exp(g)) for g in sg]
     full = {s: rm.matrices({n: tr.theta[n][s] for n in rm.trained}) for s in (0,)}
     first = {k: np.asarray(v, np.float64) for k, v in full[0].items()}
-    names = list(rm.trained) + (["QK"] if rm.regime == "A" else [])
+    names = list(rm.trained) + (["QK"] if "WQ" in rm.trained else [])
     deltas = {}
     for n in names:
         def mat(m, n=n):
