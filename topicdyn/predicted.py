@@ -1,11 +1,12 @@
 """The predicted trajectory of a run (reduced block-symmetric dynamics, topicdyn.theory.reduced)
 computed for its config, cached with the theory, and stored beside the run as predicted.json.
 
-`predict(cfg)` trains the reduced model (regimes V, E, A) with the run's optimiser, schedule and
+`predict(cfg)` trains the reduced model (regimes V, E, A, F) with the run's optimiser, schedule and
 learning rate from the projection of seed train.seed's initial parameters onto the subspace, on
 a fixed Monte Carlo sample of PREDICT_DOCS documents (key: seed PREDICT_SEED), and returns the
 series at the run's checkpoint steps with the standard error of the final loss. Any other
-config gets {"note": why} (regime F: docs/REDUCTION.md). `for_run(run_dir)` reads
+config gets {"note": why}. `predicted_lags` tabulates the predicted two-stage lag over init
+scales and learning rates. `for_run(run_dir)` reads
 predicted.json or computes and writes it.
 """
 from __future__ import annotations
@@ -52,9 +53,9 @@ def predict(cfg: Config, n_docs: int = PREDICT_DOCS, seed: int = PREDICT_SEED) -
     if cfg.data.source != "lda" or not is_disjoint_uniform(cfg):
         return {"note": "reduced dynamics need the LDA generator with disjoint uniform topics"}
     if regime_of(cfg) is None:
-        return {"note": "no exact reduction for this model (only regimes V, E, A: one layer, "
-                        "one head, identity decoder, d_model = n_vocab, no grad_clip); regime "
-                        "F: see docs/REDUCTION.md"}
+        return {"note": "no exact reduction for this model (regimes V, E, A, F with one "
+                        "layer, one head, no positions/residual/LayerNorm, d_model = n_vocab, "
+                        "no grad_clip: docs/REDUCTION.md)"}
     m = cfg.model
     stds = tuple(m.init_std(g) for g in ("embedding", "query", "key", "value", "decoder"))
     return _predict(cfg, stds, n_docs, seed)
@@ -74,3 +75,19 @@ def for_run(run_dir: str | Path, cfg: Config | None = None) -> dict:
     out = predict(cfg or load_config(run_dir))
     write_atomic(path, json.dumps(out, indent=1) + "\n")
     return out
+
+
+def predicted_lags(cfg: Config, init_scales, lrs) -> list[dict]:
+    """The predicted t50s and lag t50(QK) - t50(W^V) for every (init scale, lr) of a regime-F
+    config (rows: init_scale, lr, t50 {matrix: step}, lag, seconds)."""
+    import dataclasses
+
+    rows = []
+    for s in init_scales:
+        for lr in lrs:
+            c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_scale=s),
+                                    optim=dataclasses.replace(cfg.optim, lr=lr))
+            p = predict(c)
+            rows.append({"init_scale": s, "lr": lr, "t50": p.get("t50"), "lag": p.get("lag"),
+                         "seconds": p.get("seconds"), "note": p.get("note")})
+    return rows

@@ -2,7 +2,7 @@
 of the predicted one (topicdyn.predicted, theory section "reduced", docs/REDUCTION.md).
 
 At every probed checkpoint up to the judged one, for the population loss and the regime's gap
-(V: value map, E: embedding Gram, A: score map):
+(V, F: value map, E: embedding Gram, A: score map):
 
     |mean over seeds of the measured - predicted| <= BAND_Z sqrt(sd^2 + se_p^2 + se_m^2)
                                                      + REL |predicted_t - predicted_0|
@@ -28,7 +28,7 @@ from topicdyn.claims.core import (HOLDS, NOT_DECIDABLE, REFUTED, ROW_EXTRAS, Cla
 BAND_Z = 3.0
 REL = 0.1  # of the predicted change since step 0: finite-batch Adam lag (module doc)
 GAP_STAT = {"V": ("value_gap", "blocks/value_gap"), "E": ("gram_gap", "blocks/gram_gap"),
-            "A": ("score_gap", "blocks/score_gap")}
+            "A": ("score_gap", "blocks/score_gap"), "F": ("value_gap", "blocks/value_gap")}
 PAPER = ("(this project) the empirical trajectory stays within the seed band of the reduced "
          "block-symmetric prediction (loss and block gap)")
 
