@@ -221,3 +221,57 @@ def test_symmetry_probe_against_the_numpy_projection(regime):
         assert out[n] < 1e-6
     key = "value_map" if regime == "V" else "score_map"
     assert out[key] < 1e-6
+
+
+def test_finite_batch_moments_against_sampled_batches():
+    """mu: the population per-entry gradient; sigma^2: the variance of the per-entry gradient
+    of the batch loss (autodiff of the full-matrix loss) over 3000 batches of 32 documents
+    drawn from the sample, averaged over each orbit. Tolerance: 4 s.e. of the sampled variance
+    (relative s.e. sqrt(2 / 3000) ~ 2.6%, inflated for the orbit average's heavy tails) plus
+    the delta method's O(1/B) bias: 15% relative on orbits with a non-negligible variance."""
+    from topicdyn.theory.population import monte_carlo_sample
+    from topicdyn.theory.reduced.noise import entry_moments, square_stats
+
+    cfg = preset("V", ["data.T=2", "data.v=3", "data.N_min=6", "data.N_max=10"])
+    rm = reduced_model(cfg)
+    sample = monte_carlo_sample(cfg, 600, seed=3)
+    stats = pair_stats(sample, cfg.data.n_vocab, rm.basis)
+    th = jnp.asarray(np.random.default_rng(2).normal(size=rm.basis.K) * 0.5, jnp.float32)
+    B = 32
+    mu, var = entry_moments(rm, th, stats, square_stats(rm, stats), B)
+    g = jax.grad(rm.population_loss)({"WV": th}, stats)["WV"] / np.maximum(rm.basis.counts, 1)
+    np.testing.assert_allclose(mu, g, rtol=1e-4, atol=1e-7)
+    W = jnp.asarray(rm.basis.assemble(np.asarray(th)))
+    xbar = jnp.asarray(sample.key_counts / sample.key_counts.sum(1, keepdims=True), jnp.float32)
+
+    def batch_grad(idx):  # the batch loss as the model computes it, w.r.t. the full matrix
+        def loss(W):
+            z = xbar[idx] @ W
+            lse = jax.nn.logsumexp(z, -1)
+            Y, q = stats.doc_targets[idx], stats.doc_n[idx]
+            return jnp.sum(q * lse - jnp.sum(Y * z, -1)) / jnp.sum(q)
+        return jax.grad(loss)(W)
+
+    idx = jax.random.randint(jax.random.PRNGKey(0), (3000, B), 0, sample.n_docs)
+    grads = np.asarray(jax.lax.map(batch_grad, idx), np.float64)  # (3000, n, n)
+    emp = grads.var(0, ddof=1)
+    emp_orbit = np.bincount(rm.basis.classes.ravel(), emp.ravel(), rm.basis.K) / np.maximum(
+        rm.basis.counts, 1)
+    big = emp_orbit > 1e-3 * emp_orbit.max()
+    assert big.sum() >= 5
+    np.testing.assert_allclose(np.asarray(var)[big], emp_orbit[big], rtol=0.15)
+
+
+def test_finite_batch_meanfield_without_noise_is_the_optax_trajectory():
+    cfg = preset("V", ["data.T=3", "data.v=3", "data.N_min=6", "data.N_max=10",
+                       "optim.schedule=cosine", "train.steps=60"])
+    from topicdyn.theory.population import monte_carlo_sample
+
+    sample = monte_carlo_sample(cfg, 300, seed=4)
+    exact = reduced_trajectory(cfg, sample)
+    mf = reduced_trajectory(cfg, sample, batch=np.inf)
+    np.testing.assert_allclose(mf.theta["WV"], exact.theta["WV"], atol=2e-5)
+    noisy = reduced_trajectory(cfg, sample, batch=8)
+    # noise in Adam's second moment slows the gap down
+    gap = lambda tr: tr.theta["WV"][-1][1] - tr.theta["WV"][-1][2]  # noqa: E731
+    assert 0 < gap(noisy) < 0.95 * gap(exact)

@@ -4,7 +4,9 @@ computed for its config, cached with the theory, and stored beside the run as pr
 `predict(cfg)` trains the reduced model (regimes V, E, A, F) with the run's optimiser, schedule and
 learning rate from the projection of seed train.seed's initial parameters onto the subspace, on
 a fixed Monte Carlo sample of PREDICT_DOCS documents (key: seed PREDICT_SEED), and returns the
-series at the run's checkpoint steps with the standard error of the final loss. Any other
+series at the run's checkpoint steps with the standard error of the final loss, and for Adam
+in V and E also the finite-batch mean-field series ("batch": the lag that gradient noise in
+Adam's second moment causes, theory/reduced/noise.py). Any other
 config gets {"note": why}. `predicted_lags` tabulates the predicted two-stage lag over init
 scales and learning rates. `for_run(run_dir)` reads
 predicted.json or computes and writes it.
@@ -30,10 +32,22 @@ def _predict(cfg: Config, init_stds: tuple, n_docs: int, seed: int) -> dict:
     from topicdyn.theory.reduced import reduced_model, reduced_trajectory
     from topicdyn.theory.reduced.series import predicted_series
 
+    from topicdyn.theory.reduced.noise import meanfield_supported
+
     sample = population(cfg, "monte_carlo", n_docs, seed)
     rm = reduced_model(cfg)
     tr = reduced_trajectory(cfg, sample)
-    out = predicted_series(rm, tr, checkpoint_steps(cfg.train))
+    steps = checkpoint_steps(cfg.train)
+    out = predicted_series(rm, tr, steps)
+    why = meanfield_supported(cfg, rm)
+    if why is None:  # the finite-batch lag of Adam (mean-field approximation, noise.py)
+        B = cfg.data.batch_size
+        tb = reduced_trajectory(cfg, sample, batch=B)
+        out["batch"] = {**predicted_series(rm, tb, steps), "seconds": tb.seconds,
+                        "label": f"batch {B}, Adam on the gradient moments (mean-field "
+                                 f"approximation)"}
+    else:
+        out["batch_note"] = why
     out.update({"regime": rm.regime, "loss_se": tr.loss_se, "seconds": tr.seconds,
                 "sample": tr.sample + f" ({n_docs} documents, seed {seed})",
                 "theta_names": list(tr.names),

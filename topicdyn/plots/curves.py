@@ -46,7 +46,9 @@ def plot_blocks(run_dir: str | Path, out: str | Path) -> Path | None:
     for ax, (key, title, pred, plabel, se) in zip(axes, panels):
         s, v = series(rows, f"blocks/{key}_gap")
         band(ax, s, v, "measured", "tab:blue")
-        predicted_line(ax, traj, f"{key}_gap", "symmetric population dynamics", "tab:blue")
+        predicted_line(ax, traj, f"{key}_gap", "population gradients", "tab:blue")
+        predicted_line(ax, traj.get("batch"), f"{key}_gap", (traj.get("batch") or {}).get(
+            "label", ""), "tab:cyan")
         if pred is not None:
             theory_line(ax, pred, f"{plabel} ({pred:.3g}" + (f" ± {se:.2g} s.e.)" if se else ")"))
         ax.axhline(0, color="gray", lw=0.6)
@@ -135,8 +137,10 @@ def _loss_panel(ax, rows, metrics, th, cfg) -> list[float]:
         band(ax, *sv, f"population estimate ({cfg.train.n_pop_eval} documents)", "tab:purple")
     traj = th.get("reduced") or {}
     if traj:
-        predicted_line(ax, traj, "loss", f"population loss (± {traj['loss_se']:.1g})",
+        predicted_line(ax, traj, "loss", f"population gradients (± {traj['loss_se']:.1g})",
                        "tab:purple")
+        predicted_line(ax, traj.get("batch"), "loss", (traj.get("batch") or {}).get("label", ""),
+                       "tab:pink")
     ua, at = th.get("uniform_attention") or {}, th.get("attention") or {}
     lines = [(ua, "plateau", "theory: uniform-attention optimum", "tab:green", "--"),
              (at, "plateau", "theory: regime-A optimum", "tab:red", "--"),

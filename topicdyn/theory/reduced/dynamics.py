@@ -61,10 +61,15 @@ def _descent(rm: ReducedModel, tx, steps: int):
 
 
 def reduced_trajectory(cfg: Config, sample: PopulationSample, theta0: dict | None = None,
-                       steps: int | None = None) -> ReducedTrajectory:
-    """Train the reduced model of cfg (regime V, E or A) for `steps` (default
+                       steps: int | None = None, batch: float | None = None
+                       ) -> ReducedTrajectory:
+    """Train the reduced model of cfg (regime V, E, A or F) for `steps` (default
     cfg.train.steps) optimiser steps on `sample`, from theta0 ({name: (K,)}; default the
-    projection of the seed's initial parameters onto the subspace)."""
+    projection of the seed's initial parameters onto the subspace). batch: the finite-batch
+    mean-field Adam of noise.py with batches of that many documents (V, E; Monte Carlo sample;
+    ValueError where it does not apply); None: population gradients, the run's optimiser."""
+    from topicdyn.theory.reduced.noise import (meanfield_descent, meanfield_supported,
+                                               square_stats)
     from topicdyn.training import make_optimizer, init_state  # cycle: training imports theory
 
     t0 = time.perf_counter()
@@ -75,7 +80,15 @@ def reduced_trajectory(cfg: Config, sample: PopulationSample, theta0: dict | Non
         theta0 = rm.project(p0)
     theta0 = {n: jnp.asarray(theta0[n], jnp.float32) for n in rm.trained}
     stats = pair_stats(sample, cfg.data.n_vocab, rm.basis if rm.regime in ("V", "E") else None)
-    losses, thetas = _descent(rm, make_optimizer(cfg), steps)(theta0, stats)
+    if batch is None:
+        losses, thetas = _descent(rm, make_optimizer(cfg), steps)(theta0, stats)
+    else:
+        why = meanfield_supported(cfg, rm) or (
+            None if sample.estimator == "monte_carlo" else "needs an unweighted sample")
+        if why:
+            raise ValueError(f"finite-batch reduced dynamics: {why}")
+        losses, thetas = meanfield_descent(rm, cfg, steps, float(batch))(
+            theta0, stats, square_stats(rm, stats))
     num = np.asarray(rm.per_doc_loss({n: v[-1] for n, v in thetas.items()}, stats), np.float64)
     den = np.asarray(stats.doc_n, np.float64)
     se = 0.0 if sample.estimator == "enumeration" else ratio_se(num, den)[1]
