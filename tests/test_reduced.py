@@ -182,21 +182,23 @@ def test_band_claim_holds_for_the_run_and_rejects_a_perturbed_lr(tmp_path):
     from topicdyn.predicted import FILE, predict
     from topicdyn.probes.runner import CheckpointProber
     from topicdyn.run import train
-    from topicdyn.verdicts import judge_run, run_predictions
+    from topicdyn.verdicts import judge_run
 
     ov = ["data.T=3", "data.v=3", "data.N_min=8", "data.N_max=12", "data.batch_size=256",
           "train.steps=60", "train.n_seeds=3", "train.ckpt_log_points=5",
           "train.ckpt_linear_from=20", "train.ckpt_every=20", "train.n_pop_eval=1000",
+          "train.probes=loss,blocks",
           "optim.lr=0.03"]
     cfg = preset("V", ov)
     run = tmp_path / "run"
     train(cfg, run, progress=False, on_checkpoint=CheckpointProber(cfg, run))
     (run / "theory.json").write_text(json.dumps({"loss": "ce"}))
+    (run / FILE).write_text(json.dumps(predict(cfg, n_docs=400)))  # smaller than the default
     rows = {c["claim"]: c for c in judge_run(run, write=False)}
     row = rows["reduced_trajectory_band"]
     assert row["verdict"] == "holds", row["how"]
     # the same run against the prediction for a 3x larger learning rate: rejected
-    other = predict(preset("V", ov[:-1] + ["optim.lr=0.09"]))
+    other = predict(preset("V", ov[:-1] + ["optim.lr=0.09"]), n_docs=400)
     (run / FILE).write_text(json.dumps(other))
     row = {c["claim"]: c for c in judge_run(run, write=False)}["reduced_trajectory_band"]
     assert row["verdict"] == "refuted", row["how"]
