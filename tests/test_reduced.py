@@ -7,8 +7,9 @@ the loss; the full matrices' non-symmetric part below 1e-5 of the symmetric one)
 lr 0.01: at 0.05 it reaches the flat uniform-prediction plateau within 10 steps, where the
 exact gradient vanishes and Adam's normalisation turns float32 round-off into full-size,
 non-symmetric steps (asymmetry 1e-7 -> 1e-2 in 10 steps: the subspace is invariant but not
-stable under Adam on a plateau; docs/REDUCTION.md). Gradient: float32 autodiff versus float64 central differences (h = 1e-5, truncation
-error ~h^2) of an independent numpy loss: 1e-4 relative + 1e-6 absolute (float32 summation).
+stable under Adam on a plateau; docs/REDUCTION.md). Gradient: float32 autodiff versus float64
+central differences (h = 1e-5, truncation error ~h^2) of an independent numpy loss: 1e-4
+relative + 1e-6 absolute (float32 summation).
 """
 import jax
 import jax.numpy as jnp
@@ -67,7 +68,8 @@ def _full_population_loss(cfg, batch, weight):
     return loss
 
 
-@pytest.mark.parametrize("regime,extra", [("V", ()), ("E", ()), ("A", ()), ("F", ("optim.lr=0.01",)),
+@pytest.mark.parametrize("regime,extra", [("V", ()), ("E", ()), ("A", ()),
+                                          ("F", ("optim.lr=0.01",)),
                                           ("V", ("optim.name=sgd", "optim.momentum=0.5",
                                                  "optim.lr=2.0"))])
 def test_full_model_on_the_subspace_follows_the_reduced_trajectory(regime, extra):
@@ -277,3 +279,20 @@ def test_finite_batch_meanfield_without_noise_is_the_optax_trajectory():
     # noise in Adam's second moment slows the gap down
     gap = lambda tr: tr.theta["WV"][-1][1] - tr.theta["WV"][-1][2]  # noqa: E731
     assert 0 < gap(noisy) < 0.95 * gap(exact)
+
+
+def test_sweep_summary_predicted_columns(tmp_path):
+    import json
+    import math
+
+    from topicdyn.sweep.summary import THEORY_OF, predicted_columns
+
+    pred = {"step": [0, 10], "loss": [4.0, 3.5], "loss_se": 0.01, "regime": "F",
+            "t50": {"WV": 4.0, "QK": 10.0, "E": 6.0}, "lag": 6.0}
+    (tmp_path / "predicted.json").write_text(json.dumps(pred))
+    cols = predicted_columns(tmp_path)
+    assert cols["predicted/t50_value"] == 4.0 and cols["predicted/t50_qk"] == 10.0
+    assert cols["predicted/t50_lag"] == 6.0 and cols["predicted/pop_loss"] == 3.5
+    assert "predicted/t50_lag" in THEORY_OF["t50/lag"]  # drawn dashed beside the measured lag
+    (tmp_path / "predicted.json").write_text(json.dumps({**pred, "lag": None, "t50": {}}))
+    assert math.isnan(predicted_columns(tmp_path)["predicted/t50_lag"])

@@ -14,6 +14,7 @@ predicted.json or computes and writes it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from topicdyn.config import Config
@@ -72,18 +73,27 @@ def predict(cfg: Config, n_docs: int = PREDICT_DOCS, seed: int = PREDICT_SEED) -
                         "no grad_clip: docs/REDUCTION.md)"}
     m = cfg.model
     stds = tuple(m.init_std(g) for g in ("embedding", "query", "key", "value", "decoder"))
-    return _predict(cfg, stds, n_docs, seed)
+    from topicdyn.theory.cache import code_version
+
+    return {**_predict(cfg, stds, n_docs, seed), "code": code_version()}
 
 
 def for_run(run_dir: str | Path, cfg: Config | None = None) -> dict:
-    """predicted.json of a run directory, computed and written when missing."""
+    """predicted.json of a run directory, computed and written when missing or computed by
+    other code (its "code": topicdyn's source digest, theory.cache.code_version)."""
+    from topicdyn.theory.cache import code_version
+
     from topicdyn.config import load_config
     from topicdyn.jsonl import write_atomic
 
+    if os.environ.get("TOPICDYN_PREDICT", "1") == "0":  # opt-out (e.g. sweep equality tests)
+        return {"note": "predictions turned off (TOPICDYN_PREDICT=0)"}
     path = Path(run_dir) / FILE
     if path.exists():
         try:
-            return json.loads(path.read_text())
+            out = json.loads(path.read_text())
+            if out.get("code") == code_version():
+                return out
         except ValueError:
             pass
     out = predict(cfg or load_config(run_dir))

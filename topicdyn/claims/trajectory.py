@@ -16,9 +16,10 @@ population loss (loss only). The prediction is the finite-batch series where the
 approximation, theory/reduced/noise.py), else the population-gradient one. REL is a stated
 tolerance, not measured per run, for that approximation's error and, where there is no
 finite-batch series, for the unmodelled lag (a lag, not a spread: the seed sd misses it; the
-population series lags 2-4% of the change at batch 256, ~25% at batch 40 in V). "holds" if every checkpoint so far is inside, "refuted" at the
-first one outside (kept refuted afterwards), "not decidable here" with fewer than 2 seeds (no
-measured spread: the band cannot be stated).
+population series lags 2-4% of the change at batch 256, ~25% at batch 40 in V). "holds" if
+every checkpoint so far is inside, "refuted" at the first one outside (kept refuted
+afterwards), "not decidable here" with fewer than 2 seeds (no measured spread: the band cannot
+be stated).
 """
 from __future__ import annotations
 

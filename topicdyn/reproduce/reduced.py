@@ -46,6 +46,9 @@ def section(data: dict) -> list[str]:
             continue
         la, t, pt = d["last"], d["t50"], p.get("t50") or {}
         band = [c for c in d["claims"] if c["claim"] == "reduced_trajectory_band"]
+        first = band[0].get("first_outside") if band else None
+        verdict = (band[0]["verdict"] if band else "-") + (
+            f" (step {first})" if first is not None else "")
         pop = la.get("loss/pop_loss")
         meas = f"{mean_sd(pop)[0]:.4g}" if pop else "-"
         lag_m = (list(np.asarray(t["QK"]) - np.asarray(t["WV"]))
@@ -57,8 +60,7 @@ def section(data: dict) -> list[str]:
                     f"{_t50_cell(t.get('E'), pt.get('E'))} | "
                     f"{_t50_cell(t.get('QK'), pt.get('QK'))} | "
                     f"{_t50_cell(lag_m, p.get('lag'))} | "
-                    f"{band[0]['verdict'] if band else '-'}"
-                    f"{' (step ' + str(band[0]['first_outside']) + ')' if band and band[0].get('first_outside') is not None else ''} | "
+                    f"{verdict} | "
                     f"{p['seconds'] + pb.get('seconds', 0.0):.1f} |")
     if not rows:
         return []

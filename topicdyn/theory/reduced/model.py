@@ -14,10 +14,11 @@ columns permuted together; the product W^Q W^K^T is what the scores read), so it
 symmetric point is symmetric, and a coordinate-wise optimiser keeps the parameters symmetric.
 
 The population loss is computed from sufficient statistics (theory/population.py): for every
-(document, shown token) pair (V, E: every document), attention = softmax_v(S[x, v] + log c[v]) over the key counts c,
-logits = attention @ (E W^V W_dec), S = E W^Q W^K^T E^T / sqrt(d_head); CE or squared loss,
-weighted by the pair's target counts, as the ratio E[sum of losses] / E[number of queries].
-On a Monte Carlo sample the loss (and every predicted quantity) carries the sample's error.
+(document, shown token) pair (V, E: every document), attention = softmax_v(S[x, v] + log c[v])
+over the key counts c, logits = attention @ (E W^V W_dec), S = E W^Q W^K^T E^T / sqrt(d_head);
+CE or squared loss, weighted by the pair's target counts, as the ratio E[sum of losses] /
+E[number of queries]. On a Monte Carlo sample the loss (and every predicted quantity) carries
+the sample's error.
 """
 from __future__ import annotations
 

@@ -48,8 +48,8 @@ def predicted_series(rm: ReducedModel, tr: ReducedTrajectory, steps) -> dict:
         sg = [_gap(m["E"] @ m["WQ"] @ m["WK"].T @ m["E"].T / np.sqrt(d), cls) for m in mats]
         out["score_gap"] = sg
         out["attention_ratio"] = [float(np.exp(g)) for g in sg]
-    full = {s: rm.matrices({n: tr.theta[n][s] for n in rm.trained}) for s in (0,)}
-    first = {k: np.asarray(v, np.float64) for k, v in full[0].items()}
+    first = {k: np.asarray(v, np.float64)
+             for k, v in rm.matrices({n: tr.theta[n][0] for n in rm.trained}).items()}
     names = list(rm.trained) + (["QK"] if "WQ" in rm.trained else [])
     deltas = {}
     for n in names:
