@@ -49,7 +49,8 @@ THEORY_LABEL = {
 
 def predicted_columns(run_dir: Path) -> dict:
     """predicted/* columns from the run's reduced-dynamics prediction (predicted.json, written
-    with the verdicts): the predicted t50s, lag and final population loss."""
+    with the verdicts): the predicted t50s, lag and final population loss (point_rows adds
+    predicted/band, the band claim over all the point's seeds)."""
     from topicdyn.plots.common import read_predicted
 
     pred = read_predicted(run_dir)
@@ -117,6 +118,12 @@ def point_rows(run_dir: Path, values: dict, name: str) -> list[dict]:
     last_m, last_p = metrics[-1], (probes[-1] if probes else {})
     th = theory_columns(theory)
     pred = predicted_columns(run_dir)
+    if pred and probes:  # the band needs every seed: judged once per point
+        from topicdyn.claims.trajectory import band_check, reference
+
+        band = band_check(reference(read_predicted(run_dir))[0], probes)
+        pred["predicted/band"] = {None: "not decidable here", True: "holds",
+                                  False: "refuted"}[band["inside"]]
     rows = []
     for j in range(cfg.train.n_seeds):
         row = {"point": name, **values, "seed": cfg.train.seed + j, "lr": cfg.optim.lr,
