@@ -196,6 +196,10 @@ def test_band_claim_holds_for_the_run_and_rejects_a_perturbed_lr(tmp_path):
     train(cfg, run, progress=False, on_checkpoint=CheckpointProber(cfg, run))
     (run / "theory.json").write_text(json.dumps({"loss": "ce"}))
     (run / FILE).write_text(json.dumps(predict(cfg, n_docs=400)))  # smaller than the default
+    from topicdyn.theory.cache import cache_info
+    hits = cache_info()["topicdyn.predicted._predict"]["hits"]
+    assert predict(cfg, n_docs=400)["loss"] == json.loads((run / FILE).read_text())["loss"]
+    assert cache_info()["topicdyn.predicted._predict"]["hits"] == hits + 1  # with the theory
     rows = {c["claim"]: c for c in judge_run(run, write=False)}
     row = rows["reduced_trajectory_band"]
     assert row["verdict"] == "holds", row["how"]
