@@ -27,6 +27,13 @@ POINTS = [{"optim.lr": 0.01, "model.init_scale": 0.02},
           {"optim.lr": 0.01, "model.init_scale": 0.1}]
 
 
+@pytest.fixture(autouse=True)
+def _no_predictions(monkeypatch):
+    """These tests compare sweep programs with single runs; the reduced-dynamics predictions
+    (one compiled program per point, tests/test_reduced.py) would only add minutes here."""
+    monkeypatch.setenv("TOPICDYN_PREDICT", "0")
+
+
 def _spec(out, **kw) -> dict:
     return {"name": "t", "preset": "F", "base": TINY, "points": POINTS, "seeds": 2,
             "probes": False, "out": str(out), **kw}

@@ -196,9 +196,11 @@ def t50s(d: Path) -> dict[str, np.ndarray]:
 
 
 def plot_t50(runs, out: Path) -> Path | None:
-    from topicdyn.plots.common import COLORS as MC, MATRIX_LABEL, log_y, new_figure, save
+    from topicdyn.plots.common import (COLORS as MC, MATRIX_LABEL, log_y, new_figure,
+                                       read_predicted, save)
 
     data = [(label, t50s(d)) for d, label, _ in runs]
+    preds = [(read_predicted(d).get("t50") or {}) for d, _, _ in runs]
     names = [k for k in ("WV", "E", "QK") if any(k in t for _, t in data)]
     if not names:
         return None
@@ -214,6 +216,11 @@ def plot_t50(runs, out: Path) -> Path | None:
             ax.errorbar([x], [v.mean()], yerr=[[v.mean() - v.min()], [v.max() - v.mean()]],
                         fmt="o", color=MC[name], capsize=3, ms=6, mec="black",
                         label=MATRIX_LABEL[name] if j == 0 else None)
+            p = preds[j].get(name)
+            if p is not None and np.isfinite(p) and p > 0:  # the reduced prediction
+                ax.plot([x], [p], marker="_", ms=14, mew=2, color=MC[name],
+                        label=f"{MATRIX_LABEL[name]}: reduced prediction"
+                        if not any(preds[k].get(name) for k in range(j)) else None)
     ax.set_xticks(range(len(data)), [lab for lab, _ in data], fontsize=7, rotation=15)
     log_y(ax)
     ax.set_ylabel("t50 (training steps, log scale)", fontsize=8)

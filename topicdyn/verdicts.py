@@ -190,6 +190,15 @@ def judge(row: dict, theory: dict, cfg: Config, prev: dict | None = None,
     return judge_all(Judging(row, prev, history or [row], theory, cfg, traits_for(cfg)))
 
 
+def with_reduced(theory: dict, run_dir: Path, cfg: Config) -> dict:
+    """theory plus the run's predicted trajectory (topicdyn.predicted) as section "reduced"
+    where the reduction applies (predicted.json, computed once per run directory)."""
+    from topicdyn.predicted import for_run
+
+    pred = for_run(run_dir, cfg) if theory.get("loss") is not None else {}
+    return {**theory, "reduced": pred} if "step" in pred else theory
+
+
 def judge_run(run_dir: str | Path, write: bool = True) -> list[dict]:
     """Verdicts for every probed checkpoint of a run (verdicts.jsonl); returns the last."""
     from topicdyn.config import load_config
@@ -198,6 +207,7 @@ def judge_run(run_dir: str | Path, write: bool = True) -> list[dict]:
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
     theory = json.loads((run_dir / "theory.json").read_text())
+    theory = with_reduced(theory, run_dir, cfg)
     rows = read_probes(run_dir)
     from topicdyn.probes import not_applicable
 

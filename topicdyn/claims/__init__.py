@@ -9,3 +9,4 @@ from topicdyn.claims.core import (BAYES_FLOOR, CE, CLAIMS, DIVERGED, FAIL, NON_F
 from topicdyn.claims import p1  # noqa: F401,E402  (registers the claims)
 from topicdyn.claims import singh  # noqa: F401,E402  (the embedding-space claims, opt-in)
 from topicdyn.claims import text  # noqa: F401,E402  (the Wikipedia checks vs shuffled labels, opt-in)
+from topicdyn.claims import trajectory  # noqa: F401,E402  (the reduced dynamics band claim)

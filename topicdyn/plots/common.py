@@ -27,6 +27,28 @@ def read_theory(run_dir: str | Path) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
+def read_predicted(run_dir: str | Path) -> dict:
+    """The run's reduced-dynamics prediction (predicted.json, written by the verdicts:
+    topicdyn.predicted), {} where there is none."""
+    p = Path(run_dir) / "predicted.json"
+    try:
+        out = json.loads(p.read_text()) if p.exists() else {}
+    except ValueError:
+        return {}
+    return out if "step" in out else {}
+
+
+def predicted_line(ax, pred: dict, key: str, label: str, color: str = "black",
+                   scale: float = 1.0) -> None:
+    """The predicted series pred[key] (divided by scale) dashed over its steps > 0."""
+    if not pred or pred.get(key) is None:
+        return
+    s, v = np.asarray(pred["step"], float), np.asarray(pred[key], float) / scale
+    keep = s > 0
+    ax.plot(s[keep], v[keep], ls=(0, (4, 2)), color=color, lw=1.3, alpha=0.9,
+            label=f"reduced prediction: {label}")
+
+
 def series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(steps (n,), values (n, n_seeds)) of one probes/metrics key, None if absent."""
     rows = [r for r in rows if key in r]

@@ -1,7 +1,8 @@
 """Dynamics curves over log steps from probes.jsonl / metrics.jsonl, with theory overlays.
 
 Every curve is the seed mean with a min..max band when a run has several seeds; theory values
-from theory.json are dashed horizontal lines. Step 0 is left out (log x axis).
+from theory.json are dashed horizontal lines, the reduced block-symmetric prediction over
+training (predicted.json, topicdyn.predicted) a dashed curve. Step 0 is left out (log x axis).
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import numpy as np
 from topicdyn.config import require_run
 from topicdyn.jsonl import read_jsonl
 from topicdyn.plots.common import (COLORS, MATRIX_LABEL, band, log_x, log_y, new_figure,
-                                   read_theory, run_label, save, series, theory_line)
+                                   predicted_line, read_predicted, read_theory, run_label, save,
+                                   series, theory_line)
 from topicdyn.plots.matrices import has_attention
 
 TWO_STAGE_KEYS = ("WV", "E", "QK")
@@ -40,9 +42,13 @@ def plot_blocks(run_dir: str | Path, out: str | Path) -> Path | None:
         return None
     fig = new_figure(max(6.0, 4.4 * len(panels)), 3.9)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    traj = read_predicted(run_dir)
     for ax, (key, title, pred, plabel, se) in zip(axes, panels):
         s, v = series(rows, f"blocks/{key}_gap")
         band(ax, s, v, "measured", "tab:blue")
+        predicted_line(ax, traj, f"{key}_gap", "population gradients", "tab:blue")
+        predicted_line(ax, traj.get("batch"), f"{key}_gap", (traj.get("batch") or {}).get(
+            "label", ""), "tab:cyan")
         if pred is not None:
             theory_line(ax, pred, f"{plabel} ({pred:.3g}" + (f" ± {se:.2g} s.e.)" if se else ")"))
         ax.axhline(0, color="gray", lw=0.6)
@@ -82,6 +88,8 @@ def plot_attention_curves(run_dir: str | Path, out: str | Path) -> Path | None:
                     "tab:orange", ":" if flat else "--")
     elif gap is not None:  # the optimum hardly depends on the gap: no line to draw
         ax1.plot([], [], " ", label=f"theory: score gap undetermined ({gap:.3g} ± {se:.2g} s.e.)")
+    predicted_line(ax1, read_predicted(run_dir), "attention_ratio",
+                   "exp(score gap), exact per query (pooled: approximation)", "tab:orange")
     log_y(ax1)
     ax1.set_ylabel("attention ratio (log scale)", fontsize=8)
     ax1.set_title("same-topic / cross-topic attention per key", fontsize=9)
@@ -127,6 +135,12 @@ def _loss_panel(ax, rows, metrics, th, cfg) -> list[float]:
     sv = series(rows, "loss/pop_loss")
     if sv is not None:
         band(ax, *sv, f"population estimate ({cfg.train.n_pop_eval} documents)", "tab:purple")
+    traj = th.get("reduced") or {}
+    if traj:
+        predicted_line(ax, traj, "loss", f"population gradients (± {traj['loss_se']:.1g})",
+                       "tab:purple")
+        predicted_line(ax, traj.get("batch"), "loss", (traj.get("batch") or {}).get("label", ""),
+                       "tab:pink")
     ua, at = th.get("uniform_attention") or {}, th.get("attention") or {}
     lines = [(ua, "plateau", "theory: uniform-attention optimum", "tab:green", "--"),
              (at, "plateau", "theory: regime-A optimum", "tab:red", "--"),
@@ -155,6 +169,7 @@ def plot_loss(run_dir: str | Path, out: str | Path) -> Path | None:
     uniform, unigram and Bayes predictors."""
     cfg = require_run(run_dir)
     rows, th = _probes(run_dir), read_theory(run_dir)
+    th = {**th, "reduced": read_predicted(run_dir)}
     metrics = read_jsonl(Path(run_dir) / "metrics.jsonl")
     has_kl = cfg.model.loss == "ce" and series(rows, "loss/kl_bayes") is not None
     ev = series(rows, "loss/eval_loss")
@@ -220,7 +235,7 @@ def plot_two_stage(run_dirs: list[str | Path], out: str | Path,
         cfg = require_run(rd)
         ch = normalised_changes(_probes(rd))
         if ch:
-            runs.append((labels[i] if labels else run_label(cfg), ch))
+            runs.append((labels[i] if labels else run_label(cfg), ch, read_predicted(rd)))
     if not runs:
         return None
     ncol = len(runs) if len(runs) <= 3 else -(-len(runs) // 2)
@@ -229,9 +244,13 @@ def plot_two_stage(run_dirs: list[str | Path], out: str | Path,
     axes = fig.subplots(nrow, ncol, squeeze=False, sharey=True).ravel()
     for ax in axes[len(runs):]:
         ax.set_visible(False)
-    for ax, (label, ch) in zip(axes, runs):
+    for ax, (label, ch, pred) in zip(axes, runs):
         t50s = {}
         for name, (s, v) in ch.items():
+            pv = pred.get(f"delta_{name}") if pred else None
+            if pv and pv[-1] > 0:
+                predicted_line(ax, pred, f"delta_{name}", f"{MATRIX_LABEL[name]}, t50 = "
+                               f"{pred['t50'][name]:.0f}", COLORS[name], scale=pv[-1])
             ts = t50_per_seed(s, v)
             t50s[name] = ts
             sd = f" ± {ts.std(ddof=1):.0f}" if ts.size > 1 else ""
@@ -245,6 +264,8 @@ def plot_two_stage(run_dirs: list[str | Path], out: str | Path,
             lag = t50s["QK"] - t50s["WV"]
             sub += f"\nlag t50(QK) - t50(W^V) = {lag.mean():.0f}" + \
                 (f" ± {lag.std(ddof=1):.0f}" if lag.size > 1 else "") + " steps"
+        if pred and pred.get("lag") is not None:
+            sub += f"; reduced prediction {pred['lag']:.0f}"
         ax.set_title(sub, fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
     for ax in axes[::ncol]:

@@ -307,3 +307,4 @@ def make_prober(ctx: ProbeContext, names=DEFAULT_PROBES):
 
 from topicdyn.probes import singh as _singh  # noqa: E402,F401  (registers the embedding-space probes)
 from topicdyn.probes import permuted as _permuted  # noqa: E402,F401  (the label-permutation baseline)
+from topicdyn.probes import symmetry as _symmetry  # noqa: E402,F401  (deviation from the block-symmetric subspace, opt-in)

@@ -114,7 +114,9 @@ def run_experiment(exp: Experiment, cfg, run_dir: Path, theory_kw: dict,
     if not fresh and finished(run_dir, cfg):
         # verdicts and the run's report are re-derived from its files: cheap, and they follow
         # the current verdict rules
-        judge_run(run_dir)
+        judge_run(run_dir)  # also computes the reduced prediction (predicted.json) once
+        from topicdyn.reproduce.reduced import redraw_dynamics
+        redraw_dynamics(run_dir)  # the dynamics figures with the predicted curves
         write_report(run_dir)
         log(f"{exp.name}: reusing the finished run in {run_dir} (verdicts re-judged)")
         return {"reused": True}

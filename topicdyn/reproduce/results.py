@@ -21,6 +21,7 @@ def collect(run_dir: Path) -> dict:
     """Last probes row, last claims, theory, config and t50s of one run."""
     from topicdyn.config import load_config
     from topicdyn.plots import normalised_changes, t50_per_seed
+    from topicdyn.plots.common import read_predicted
     from topicdyn.jsonl import read_jsonl
 
     probes = read_jsonl(run_dir / "probes.jsonl")
@@ -37,7 +38,7 @@ def collect(run_dir: Path) -> dict:
     return {"cfg": load_config(run_dir), "last": probes[-1], "claims": verdicts[-1]["claims"],
             "step": verdicts[-1]["step"],
             "theory": json.loads((run_dir / "theory.json").read_text()), "t50": t50,
-            "attention_onset": onset}
+            "attention_onset": onset, "predicted": read_predicted(run_dir)}
 
 
 def claims_rows(claims: list[dict], n: int) -> list[str]:
@@ -131,6 +132,8 @@ def write_results(data: dict, results: Path, out_root: Path, meta: dict,
                      f"{pm(d['attention_onset'])} | {vf[0]['verdict'] if vf else '-'} |")
         L += ["", "![two-stage vs init scale](figures/two_stage_init_scale.png)", ""]
     L += sections.keep0(data)
+    from topicdyn.reproduce.reduced import section as reduced_section
+    L += reduced_section(data)
     # per experiment
     L += ["## Experiments", ""]
     for exp in EXPERIMENTS:

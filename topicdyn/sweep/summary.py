@@ -29,6 +29,10 @@ THEORY_OF = {
                       "theory/reachable_floor"),
     "loss/eval_loss": ("theory/attention_plateau_eval", "theory/uniform_plateau_eval"),
     "final_loss": ("theory/attention_plateau", "theory/uniform_plateau", "theory/reachable_floor"),
+    "t50/value": ("predicted/t50_value",),
+    "t50/qk": ("predicted/t50_qk",),
+    "t50/embedding": ("predicted/t50_embedding",),
+    "t50/lag": ("predicted/t50_lag",),
 }
 THEORY_LABEL = {
     "theory/uniform_gap": "uniform-attention optimum",
@@ -38,7 +42,26 @@ THEORY_LABEL = {
     "theory/attention_plateau_eval": "regime-A optimum, eval set",
     "theory/uniform_plateau_eval": "uniform-attention optimum, eval set",
     "theory/reachable_floor": "Bayes floor reachable by the model",
+    **{f"predicted/t50_{g}": "reduced block-symmetric dynamics" for g in
+       ("value", "qk", "embedding", "lag")},
 }
+
+
+def predicted_columns(run_dir: Path) -> dict:
+    """predicted/* columns from the run's reduced-dynamics prediction (predicted.json, written
+    with the verdicts): the predicted t50s, lag and final population loss (point_rows adds
+    predicted/band, the band claim over all the point's seeds)."""
+    from topicdyn.plots.common import read_predicted
+
+    pred = read_predicted(run_dir)
+    if not pred:
+        return {}
+    t = pred.get("t50") or {}
+    out = {f"predicted/t50_{g}": t.get(k, math.nan)
+           for g, k in (("value", "WV"), ("qk", "QK"), ("embedding", "E"))}
+    out["predicted/t50_lag"] = pred["lag"] if pred.get("lag") is not None else math.nan
+    out["predicted/pop_loss"], out["predicted/pop_loss_se"] = pred["loss"][-1], pred["loss_se"]
+    return out
 
 
 def theory_columns(theory: dict) -> dict:
@@ -82,6 +105,7 @@ def _seed_slice(row: dict, j: int) -> dict:
 
 def point_rows(run_dir: Path, values: dict, name: str) -> list[dict]:
     """Summary rows (one per seed) of one point's run directory; [] if it has no metrics."""
+    from topicdyn.plots.common import read_predicted
     from topicdyn.verdicts import judge
 
     cfg = load_config(run_dir)
@@ -93,6 +117,13 @@ def point_rows(run_dir: Path, values: dict, name: str) -> list[dict]:
     theory = json.loads(theory_path.read_text()) if theory_path.exists() else {}
     last_m, last_p = metrics[-1], (probes[-1] if probes else {})
     th = theory_columns(theory)
+    pred = predicted_columns(run_dir)
+    if pred and probes:  # the band needs every seed: judged once per point
+        from topicdyn.claims.trajectory import band_check, reference
+
+        band = band_check(reference(read_predicted(run_dir))[0], probes)
+        pred["predicted/band"] = {None: "not decidable here", True: "holds",
+                                  False: "refuted"}[band["inside"]]
     rows = []
     for j in range(cfg.train.n_seeds):
         row = {"point": name, **values, "seed": cfg.train.seed + j, "lr": cfg.optim.lr,
@@ -106,9 +137,11 @@ def point_rows(run_dir: Path, values: dict, name: str) -> list[dict]:
         row.update({f"t50/{g}": v for g, v in t.items()})
         row["t50/lag"] = t["qk"] - t["value"]
         row.update(th)
+        row.update(pred)
         if probes and theory:
             hist = [_seed_slice(r, j) for r in probes]
-            claims = judge(hist[-1], theory, cfg, hist[-2] if len(hist) > 1 else None, hist)
+            th_j = {**theory, "reduced": read_predicted(run_dir)} if pred else theory
+            claims = judge(hist[-1], th_j, cfg, hist[-2] if len(hist) > 1 else None, hist)
             row.update({f"verdict/{c['claim']}": c["verdict"] for c in claims})
         rows.append(row)
     return rows
