@@ -201,12 +201,13 @@ def test_band_claim_holds_for_the_run_and_rejects_a_perturbed_lr(tmp_path):
     assert predict(cfg, n_docs=400)["loss"] == json.loads((run / FILE).read_text())["loss"]
     assert cache_info()["topicdyn.predicted._predict"]["hits"] == hits + 1  # with the theory
     rows = {c["claim"]: c for c in judge_run(run, write=False)}
-    row = rows["reduced_trajectory_band"]
+    row = rows["trajectory within the reduced band"]
     assert row["verdict"] == "holds", row["how"]
     # the same run against the prediction for a 3x larger learning rate: rejected
     other = predict(preset("V", ov[:-1] + ["optim.lr=0.09"]), n_docs=400)
     (run / FILE).write_text(json.dumps(other))
-    row = {c["claim"]: c for c in judge_run(run, write=False)}["reduced_trajectory_band"]
+    band = "trajectory within the reduced band"
+    row = {c["claim"]: c for c in judge_run(run, write=False)}[band]
     assert row["verdict"] == "refuted", row["how"]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -161,24 +162,37 @@ def cmd_train(a) -> int:
     with DirLock(run_dir, "resume" if a.resume is not None else "out"):  # one writer, from here
         print(f"run directory: {run_dir}", flush=True)
         _prepare_corpus(cfg, Path(run_dir), not a.no_probes)
-        hook = None
+        hook = prefetch = None
         if not a.no_probes:
             _write_theory(cfg, Path(run_dir))
+            from topicdyn.predicted import Prefetch
             from topicdyn.probes.runner import CheckpointProber
             hook = CheckpointProber(cfg, run_dir)
+            prefetch = Prefetch(run_dir, cfg)  # the reduced-dynamics prediction, beside training
         try:
             train(cfg, run_dir, resume=a.resume is not None, progress=not a.no_progress,
                   on_checkpoint=hook, log_to=log_to)
         except KeyboardInterrupt:
             print(f"\ninterrupted; continue with: topicdyn train --resume {run_dir}",
                   file=sys.stderr)
+            if prefetch is not None and prefetch.alive():
+                # its jitted computation cannot be cancelled, and an interpreter finalising
+                # under it aborts (SIGABRT): leave at once (every file is already complete)
+                sys.stderr.flush()
+                sys.stdout.flush()
+                os._exit(130)
             return 130
         except BaseException:
-            # e.g. a refused resume before training began: the prober's thread may still be
-            # compiling; an interpreter exiting under it aborts (SIGABRT), so wait for it
+            # e.g. a refused resume before training began: the prober's and the prediction's
+            # threads may still be compiling; an interpreter exiting under them aborts
+            # (SIGABRT), so wait for them
             if hook is not None:
                 hook.close(raise_errors=False)
+            if prefetch is not None:
+                prefetch.join()
             raise
+        if prefetch is not None:
+            prefetch.join()
         _print_summary(run_dir)
         if not a.no_probes:
             _print_verdicts(Path(run_dir))

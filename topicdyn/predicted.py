@@ -115,3 +115,33 @@ def predicted_lags(cfg: Config, init_scales, lrs) -> list[dict]:
             rows.append({"init_scale": s, "lr": lr, "t50": p.get("t50"), "lag": p.get("lag"),
                          "seconds": p.get("seconds"), "note": p.get("note")})
     return rows
+
+
+class Prefetch:
+    """for_run(run_dir, cfg) computed in a background thread while the run trains, on the last
+    device (beside training, as the prober): the verdicts at the end read predicted.json instead
+    of computing it then. A failure here is dropped, since the verdicts' own for_run call
+    computes it again and reports it; join() waits for the thread."""
+
+    def __init__(self, run_dir: str | Path, cfg: Config):
+        import threading
+
+        self._thread = threading.Thread(target=self._work, args=(Path(run_dir), cfg),
+                                        name="topicdyn-predict", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _work(run_dir: Path, cfg: Config) -> None:
+        import jax
+
+        try:
+            with jax.default_device(jax.devices()[-1]):
+                for_run(run_dir, cfg)
+        except Exception:  # noqa: BLE001  (recomputed, and reported, by the verdicts)
+            pass
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self) -> None:
+        self._thread.join()

@@ -100,7 +100,7 @@ def judge_trajectory(j: Judging) -> dict:
         verdict = HOLDS if res["inside"] else REFUTED
         if not res["inside"]:
             how = f"first outside at step {res['first_outside']}; " + how
-    return {"claim": "reduced_trajectory_band", "paper": PAPER,
+    return {"claim": "trajectory within the reduced band", "paper": PAPER,
             "predicted": pred["loss"][i] if i is not None else None, "measured": m, "sd": sd,
             "tolerance": BAND_Z, "verdict": verdict, "how": how,
             **{k: None for k in ROW_EXTRAS}, "predicted_se": pred.get("loss_se"),
@@ -108,5 +108,5 @@ def judge_trajectory(j: Judging) -> dict:
             "first_outside": res["first_outside"], "worst_z": z}
 
 
-register(Claim("reduced_trajectory_band", PAPER, frozenset(), ("reduced",), ("loss/pop_loss",),
-               judge_trajectory))
+NAME = "trajectory within the reduced band"
+register(Claim(NAME, PAPER, frozenset(), ("reduced",), ("loss/pop_loss",), judge_trajectory))

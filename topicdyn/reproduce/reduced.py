@@ -45,7 +45,7 @@ def section(data: dict) -> list[str]:
         if "step" not in p:
             continue
         la, t, pt = d["last"], d["t50"], p.get("t50") or {}
-        band = [c for c in d["claims"] if c["claim"] == "reduced_trajectory_band"]
+        band = [c for c in d["claims"] if c["claim"] == "trajectory within the reduced band"]
         first = band[0].get("first_outside") if band else None
         verdict = (band[0]["verdict"] if band else "-") + (
             f" (step {first})" if first is not None else "")
