@@ -160,8 +160,9 @@ def main() -> int:
         res["scaling"] = scaling_grid()
     res["load_average_at_end"] = os.getloadavg()
     res["minutes"] = (time.perf_counter() - t0) / 60
-    res["targets"] = targets(res)
     a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=2) + "\n")  # the measurements first, kept whatever
+    res["targets"] = targets(res)
     a.out.write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {a.out}")
     if not a.no_readme:

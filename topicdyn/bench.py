@@ -176,7 +176,8 @@ def case_scaling(c: dict) -> dict:
     program on one block of batches, one member, compilation excluded) of every implementation
     exact for the config, each forced in turn; the one topicdyn selects; an implementation whose
     estimated work (models/cost.py) exceeds max_gflop per step, or whose estimated memory
-    exceeds half the machine's, is not run (its estimate is reported)."""
+    exceeds half the machine's, is not run (its estimate is reported), unless it is the
+    selected one."""
     import jax
     import numpy as np
 
@@ -199,7 +200,9 @@ def case_scaling(c: dict) -> dict:
             mem = estimate_peak_bytes(cfg, 1)
             row = {"estimated_gflop": gflop, "estimated_s": step_cost(impl, cfg),
                    "estimated_mb": mem / 2 ** 20}
-            if gflop > c.get("max_gflop", 1500.0) or (have and mem > 0.5 * have):
+            # the selected implementation always runs: it is what a user of the config gets
+            if impl != chosen and (gflop > c.get("max_gflop", 1500.0)
+                                   or (have and mem > 0.5 * have)):
                 row["skipped"] = ("estimated memory above half the machine's" if have and
                                   mem > 0.5 * have else
                                   f"estimated work above {c.get('max_gflop', 1500.0):g} GFLOP")

@@ -47,8 +47,8 @@ def targets(res: dict) -> dict:
             t[f"{p} probes+theory, cold"] = (1 + c, "(reported)", None)
     grid = res.get("scaling")
     if grid:
-        ratios = [r["selected_vs_fastest"] for r in grid
-                  if r.get("selected_vs_fastest") == r.get("selected_vs_fastest")]
+        ratios = [x for x in (r.get("selected_vs_fastest") for r in grid)
+                  if x is not None and x == x]  # not NaN
         worst = max(ratios) if ratios else float("nan")
         t["scaling: selected / fastest, worst point"] = (worst, f"<= {WITHIN}",
                                                          worst <= WITHIN)

@@ -11,7 +11,7 @@ def estimate_peak_bytes(cfg: Config, members: int) -> int:
 
     Per member: the parameters with their Adam moments and gradients, the activations the
     backward pass keeps (attention scores per head and layer, hidden states, logits; for the
-    bag-of-words kernels the vocabulary-space statistics instead), the batches sampled ahead;
+    bag-of-words kernels the vocabulary tables and a vocabulary row per selected position), the batches sampled ahead;
     plus a fixed allowance for the runtime. It exists to refuse a config that cannot fit before
     anything is allocated, not to predict the peak closely."""
     from topicdyn.models.kernels import select
@@ -23,8 +23,10 @@ def estimate_peak_bytes(cfg: Config, members: int) -> int:
     params = V * w * 2 + 4 * w * w * nl + L * w
     if select(cfg) == "generic":
         act = B * L * (2 * H * L * nl + 10 * w * nl + 3 * V)
-    else:
-        act = B * (10 * V * V) + 8 * B * L
+    else:  # vocabulary tables (nv x nv per head) and one nv-row per selected position
+        from topicdyn.models.fast import default_cap
+        rows = B + default_cap(cfg, B, L)
+        act = 10 * H * (V * V + rows * V) + 8 * B * L
     per_member = 4 * (4 * params + 2 * act)
     # the batches of one block, and of the next one being sampled ahead
     sampled = 2 * 10 * B * L * members * steps_per_dispatch(cfg, members)
