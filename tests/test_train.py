@@ -168,3 +168,18 @@ def test_an_odd_ensemble_over_two_devices_probes_its_own_members(tmp_path):
                 if isinstance(v, list) and v and isinstance(v[0], float):
                     assert len(ra[k]) == 3, (name, k)
                     np.testing.assert_allclose(ra[k], v, rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_a_new_run_may_find_its_prediction_already_written(tmp_path):
+    """`topicdyn train` starts the reduced prediction in a background thread before training;
+    from a cache it can write predicted.json before train() checks that the directory is new,
+    which must not make the run refuse its own directory."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "predicted.json").write_text("{}\n")
+    train(preset("V", ["data.T=3", "data.v=4", "data.N_min=10", "data.N_max=20",
+                       "data.batch_size=8", "train.steps=4", "train.ckpt_steps=[0,4]"]),
+          run, progress=False)
+    assert (run / "metrics.jsonl").exists()
+    with pytest.raises(Exception, match="already holds a run"):
+        train(preset("V", ["train.steps=4"]), run, progress=False)

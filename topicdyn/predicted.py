@@ -118,25 +118,29 @@ def predicted_lags(cfg: Config, init_scales, lrs) -> list[dict]:
 
 
 class Prefetch:
-    """for_run(run_dir, cfg) computed in a background thread while the run trains, on the last
-    device (beside training, as the prober): the verdicts at the end read predicted.json instead
-    of computing it then. A failure here is dropped, since the verdicts' own for_run call
-    computes it again and reports it; join() waits for the thread."""
+    """predict(cfg) computed in a background thread while the run trains, on the last device
+    (beside training, as the prober); the verdicts' for_run at the end then finds it in the
+    theory's memo and writes predicted.json. The thread writes nothing into the run directory
+    (a new run's directory is checked for emptiness after this starts). A failure here is
+    dropped, since for_run computes it again and reports it; join() waits for the thread."""
 
     def __init__(self, run_dir: str | Path, cfg: Config):
         import threading
 
-        self._thread = threading.Thread(target=self._work, args=(Path(run_dir), cfg),
+        self.run_dir = Path(run_dir)  # where for_run will write predicted.json
+        self._thread = threading.Thread(target=self._work, args=(cfg,),
                                         name="topicdyn-predict", daemon=True)
         self._thread.start()
 
     @staticmethod
-    def _work(run_dir: Path, cfg: Config) -> None:
+    def _work(cfg: Config) -> None:
         import jax
 
+        if os.environ.get("TOPICDYN_PREDICT", "1") == "0":
+            return
         try:
             with jax.default_device(jax.devices()[-1]):
-                for_run(run_dir, cfg)
+                predict(cfg)
         except Exception:  # noqa: BLE001  (recomputed, and reported, by the verdicts)
             pass
 

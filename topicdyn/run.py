@@ -31,9 +31,12 @@ def default_run_dir(cfg: Config, root: str | Path = "runs") -> Path:
 
 
 def check_new_run_dir(run_dir: Path) -> None:
-    """A new run may only go into a missing or empty directory (theory.json and a corpus's
-    LDA fit, lda/, may be there)."""
-    if run_dir.exists() and any(p.name not in ("theory.json", "lda", LOCK_NAME)
+    """A new run may only go into a missing or empty directory (what `topicdyn train` writes
+    before training may be there: theory.json, the reduced prediction predicted.json, which
+    its background thread can finish first, and a corpus's LDA fit, lda/)."""
+    from topicdyn.predicted import FILE as PREDICTED
+
+    if run_dir.exists() and any(p.name not in ("theory.json", PREDICTED, "lda", LOCK_NAME)
                                 for p in run_dir.iterdir()):
         raise ConfigError(f"out: {run_dir} already holds a run; pass --resume to continue it or "
                           "choose another directory")
