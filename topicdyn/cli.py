@@ -168,7 +168,7 @@ def cmd_train(a) -> int:
             from topicdyn.predicted import Prefetch
             from topicdyn.probes.runner import CheckpointProber
             hook = CheckpointProber(cfg, run_dir)
-            prefetch = Prefetch(run_dir, cfg)  # the reduced-dynamics prediction, beside training
+            prefetch = Prefetch(cfg)  # the reduced-dynamics prediction, beside training
         try:
             train(cfg, run_dir, resume=a.resume is not None, progress=not a.no_progress,
                   on_checkpoint=hook, log_to=log_to)

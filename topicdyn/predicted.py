@@ -78,6 +78,11 @@ def predict(cfg: Config, n_docs: int = PREDICT_DOCS, seed: int = PREDICT_SEED) -
     return {**_predict(cfg, stds, n_docs, seed), "code": code_version()}
 
 
+def enabled() -> bool:
+    """False when TOPICDYN_PREDICT=0 (an opt-out, e.g. for sweep equality tests)."""
+    return os.environ.get("TOPICDYN_PREDICT", "1") != "0"
+
+
 def for_run(run_dir: str | Path, cfg: Config | None = None) -> dict:
     """predicted.json of a run directory, computed and written when missing or computed by
     other code (its "code": topicdyn's source digest, theory.cache.code_version)."""
@@ -86,7 +91,7 @@ def for_run(run_dir: str | Path, cfg: Config | None = None) -> dict:
     from topicdyn.config import load_config
     from topicdyn.jsonl import write_atomic
 
-    if os.environ.get("TOPICDYN_PREDICT", "1") == "0":  # opt-out (e.g. sweep equality tests)
+    if not enabled():
         return {"note": "predictions turned off (TOPICDYN_PREDICT=0)"}
     path = Path(run_dir) / FILE
     if path.exists():
@@ -124,10 +129,9 @@ class Prefetch:
     (a new run's directory is checked for emptiness after this starts). A failure here is
     dropped, since for_run computes it again and reports it; join() waits for the thread."""
 
-    def __init__(self, run_dir: str | Path, cfg: Config):
+    def __init__(self, cfg: Config):
         import threading
 
-        self.run_dir = Path(run_dir)  # where for_run will write predicted.json
         self._thread = threading.Thread(target=self._work, args=(cfg,),
                                         name="topicdyn-predict", daemon=True)
         self._thread.start()
@@ -136,7 +140,7 @@ class Prefetch:
     def _work(cfg: Config) -> None:
         import jax
 
-        if os.environ.get("TOPICDYN_PREDICT", "1") == "0":
+        if not enabled():
             return
         try:
             with jax.default_device(jax.devices()[-1]):
