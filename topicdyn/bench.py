@@ -81,7 +81,9 @@ def case_step(c: dict) -> dict:
     Mp = -(-len(seeds) // n_dev) * n_dev
     seeds = np.concatenate([seeds, np.repeat(seeds[:1], Mp - len(seeds))])
     state = shard(TrainState(*jax.device_get(init_state(cfg, jnp.asarray(seeds)))), mesh)
-    stepper = Stepper(cfg, mesh, spare, seeds, None, None)
+    # stepping goes on past cfg.train.steps for as long as the timing needs: the Stepper must
+    # keep sampling ahead there too (past its total it samples each block when it trains it)
+    stepper = Stepper(cfg, mesh, spare, seeds, None, None, total=2 ** 62)
     K = stepper.block
     t = time.perf_counter()
     state, m = stepper.advance(state, 0, K)  # compiles both programs

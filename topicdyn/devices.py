@@ -118,15 +118,18 @@ class Stepper:
     device (training_devices) it is sampled while the current block trains.
 
     seeds (Mp,) and thr_p (per-member MaskThresholds or None) are host arrays, padded to the
-    mesh; lr_d the per-member learning rates already sharded (or None)."""
+    mesh; lr_d the per-member learning rates already sharded (or None). total: the step the
+    stepping ends at (default cfg.train.steps): no block is sampled ahead past it."""
 
-    def __init__(self, cfg: Config, mesh: Mesh, spare, seeds, lr_d, thr_p):
+    def __init__(self, cfg: Config, mesh: Mesh, spare, seeds, lr_d, thr_p,
+                 total: int | None = None):
         self.block = steps_per_dispatch(cfg, len(seeds) // mesh.devices.size)
         self.sample_fn, self.train_fn = programs(cfg, self.block)
         if mesh.devices.size > 1:
             self.sample_fn, self.train_fn = _sharded_programs(
                 self.sample_fn, self.train_fn, mesh, spare, thr_p is not None, lr_d is not None)
-        self.total, self.spare, self.lr_d = cfg.train.steps, spare, lr_d
+        self.total = cfg.train.steps if total is None else int(total)
+        self.spare, self.lr_d = spare, lr_d
         if spare is None:  # each device samples its own members' batches
             self.seeds = shard(seeds, mesh)
             self.thr = None if thr_p is None else shard(thr_p, mesh)
