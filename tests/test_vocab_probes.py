@@ -110,6 +110,25 @@ def test_vocab_probes_equal_generic(case):
     assert ctx_v.bayes_logp is None or {"kl_bayes", *floor_names(cfg)} <= set(want)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c != "F-tied-squared-no-start-end"])
+def test_reference_statistic_in_vocab_space_equals_generic(case):
+    """The authors' statistic (probes/reference_stat.py) from prepare_rows' vocabulary-space
+    constants against the same statistic on the model's own attention matrices."""
+    ctx_v, _ = _context(case)
+    cfg = ctx_v.cfg
+    assert ctx_v.ref is not None and ctx_v.ref["rows"] is not None
+    variant = probes.get_variant(cfg.model.name)
+    p, p0 = _params(cfg, 5)
+    run = jax.jit(lambda p: (probes._reference.probe_reference_rows(p, cfg, ctx_v.ref["rows"]),
+                             probes._reference.probe_reference(p, cfg, ctx_v.ref, variant)),
+                  compiler_options=FAST)
+    got, want = jax.device_get(run(p))
+    _compare(want, got, f"{case} reference statistic")
+    if cfg.model.name != "embedding_only":
+        assert {"ref_ratio", "ref_ratio_fixed", "ref_same_token"} <= set(want)
+        assert abs(float(want["ref_ratio"]) - float(want["ref_ratio_fixed"])) > 1e-4
+
+
 @pytest.mark.parametrize("case", ["A", "emb-only-residual"])
 def test_documents_without_keys(case):
     """Document 0 has no keys at all (every content word selected, START/END not keys) and

@@ -88,8 +88,16 @@ def _fold_decoder(cfg: Config) -> bool:
     return m.name == "embedding_only" or m.n_heads * cfg.data.n_vocab <= 2 * cfg.d_model
 
 
-def vocab_tables(params, batch, cfg: Config) -> tuple[dict, dict]:
+def key_counts(batch, cfg: Config, dtype=jnp.float32) -> jax.Array:
+    """(B, nv) counts of each token among a document's key positions."""
+    return _counts(batch.inputs, batch.key_mask.astype(dtype), cfg.data.n_vocab)[..., 0]
+
+
+def vocab_tables(params, batch, cfg: Config, counts=None) -> tuple[dict, dict]:
     """Differentiable vocabulary tables (from params) and constant per-document data.
+
+    counts: the documents' key_counts when the caller has them (a fixed evaluation set: a
+    scatter over every position saved per call); then `batch` is not read.
 
     Unfolded: "S" (H, nv, nv) scores and "VE" (H, nv, dh) values (attention), "doc_out" (B, d)
     (embedding_only), "E" (nv, d) for the residual, "ln" params and "D" (d, nv) the decoder.
@@ -112,10 +120,9 @@ def vocab_tables(params, batch, cfg: Config) -> tuple[dict, dict]:
         tables["E"] = E @ D if fold else E
     if m.layernorm:
         tables["ln"] = params["ln"]
-    key_w = batch.key_mask.astype(E.dtype)
+    c = key_counts(batch, cfg, E.dtype) if counts is None else counts.astype(E.dtype)
     data = {}
     if m.name == "embedding_only":
-        c = _counts(batch.inputs, key_w, nv)[..., 0]
         # the generic mean over an empty key set is 0 (weights w / max(sum w, 1)), as here
         w = c / jnp.maximum(c.sum(-1, keepdims=True), 1.0)
         tables["doc_out"] = jnp.einsum("bv,hvw->bw", w, VE) if fold else \
@@ -125,7 +132,6 @@ def vocab_tables(params, batch, cfg: Config) -> tuple[dict, dict]:
         KE = jnp.einsum("vd,hde->hve", E, params["WK"])
         tables["S"] = jnp.einsum("hxe,hve->hxv", QE, KE) / math.sqrt(d // H)
         tables["VE"] = VE
-        c = _counts(batch.inputs, key_w, nv)[..., 0]
         data["logc"] = jnp.where(c > 0, jnp.log(jnp.maximum(c, 1.0)), NEG_INF)
         data["has_key"] = c.sum(-1) > 0
     return tables, data

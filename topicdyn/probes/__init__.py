@@ -112,9 +112,13 @@ def make_context(cfg: Config, with_bayes: bool = True,
     vc = _vocab.prepare(cfg, batch, labels, bayes, visible) if vocab_probes else None
     ref = None
     if _reference.applies(cfg):
-        ref = {"batch": jax.tree.map(jnp.asarray, _reference.reference_batch(cfg, batch)),
+        rb = _reference.reference_batch(cfg, batch)
+        ref = {"batch": jax.tree.map(jnp.asarray, rb),
                "labels": jnp.asarray(_reference.reference_labels(cfg)),
                "labels_fixed": jnp.asarray(labels)}  # the correct topics (specials -1)
+        if vc is not None:  # the vocabulary-space form, read where the vocab probes run
+            ref["rows"] = _reference.prepare_rows(cfg, rb, _reference.reference_labels(cfg),
+                                                  labels)
     es = None
     from topicdyn.probes.singh import ES_PROBES
     if set(names or cfg.train.probes) & set(ES_PROBES) and cfg.mask.objective == "mlm":
@@ -160,8 +164,11 @@ def probe_attention(params, params0, ctx: ProbeContext) -> dict:
     out = (_vocab.probe_attention(params, ctx) if ctx.vocab is not None
            else probe_attention_generic(params, params0, ctx))
     if ctx.ref is not None:
-        out.update(_reference.probe_reference(params, ctx.cfg, ctx.ref,
-                                              get_variant(ctx.cfg.model.name)))
+        if ctx.vocab is not None and ctx.ref.get("rows") is not None:
+            out.update(_reference.probe_reference_rows(params, ctx.cfg, ctx.ref["rows"]))
+        else:
+            out.update(_reference.probe_reference(params, ctx.cfg, ctx.ref,
+                                                  get_variant(ctx.cfg.model.name)))
     return out
 
 
@@ -289,8 +296,14 @@ def make_prober(ctx: ProbeContext, names=DEFAULT_PROBES):
         def probes(p, p0, a):
             c = context(a)
             return {f"{n}/{k}": v for n in probe_names for k, v in PROBES[n](p, p0, c).items()}
-        return jax.jit(jax.vmap(probes, in_axes=(0, 0, None)),
-                       compiler_options=compile_options())
+        if jax.default_backend() == "cpu":
+            # one seed after another: vmapped, the scatters and gathers of the row sums over
+            # a shared index become batched ones, which XLA:CPU runs 2-3x slower
+            def over_seeds(P, P0, a):
+                return jax.lax.map(lambda pp: probes(pp[0], pp[1], a), (P, P0))
+        else:
+            over_seeds = jax.vmap(probes, in_axes=(0, 0, None))
+        return jax.jit(over_seeds, compiler_options=compile_options())
 
     shared = [n for n in names if n not in SEPARATE] if ctx.vocab is not None else []
     fns = ([program(shared)] if shared else []) + [program([n]) for n in names

@@ -18,8 +18,6 @@ otherwise the variant's own apply runs over chunks of documents.
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,6 +42,14 @@ def pop_batch(cfg: Config):
         cfg.train.n_pop_eval))
 
 
+def _key_counts(b, nv: int) -> np.ndarray:
+    """(D, nv) counts of each token among the key positions of each document (numpy)."""
+    inputs, keys = np.asarray(b.inputs), np.asarray(b.key_mask).astype(bool)
+    d = np.nonzero(keys)[0]
+    return np.bincount(d * nv + inputs[keys], minlength=inputs.shape[0] * nv).reshape(
+        -1, nv).astype(np.float32)
+
+
 def prepare(cfg: Config) -> dict | None:
     """Arrays of the population estimate (None when train.n_pop_eval = 0 or the objective has
     no selected positions to score)."""
@@ -60,7 +66,8 @@ def prepare(cfg: Config) -> dict | None:
         keys, inv = np.unique(np.stack([d, x, k], 1), axis=0, return_inverse=True)
         counts = np.zeros((len(keys), cfg.data.n_vocab), np.float32)
         np.add.at(counts, (inv.reshape(-1), y), 1.0)
-        return {"rows": True, "inputs": jnp.asarray(b.inputs), "key_mask": jnp.asarray(b.key_mask),
+        # the documents' key counts are fixed: counted once here, not at every checkpoint
+        return {"rows": True, "key_counts": jnp.asarray(_key_counts(b, cfg.data.n_vocab)),
                 "row_doc": jnp.asarray(keys[:, 0], jnp.int32),
                 "row_x": jnp.asarray(keys[:, 1], jnp.int32),
                 "row_kind": jnp.asarray(keys[:, 2], jnp.int32), "row_counts": jnp.asarray(counts)}
@@ -97,13 +104,12 @@ def _loss_against(logits, cfg: Config):
 def pop_loss(params, cfg: Config, pop: dict) -> dict:
     """{pop_loss, pop_loss_se, pop_loss_mask, pop_loss_keep, pop_loss_random} for one seed."""
     if pop["rows"]:
-        keys_only = SimpleNamespace(inputs=pop["inputs"], key_mask=pop["key_mask"])
-        tables, data = vocab_tables(params, keys_only, cfg)  # reads these two fields only
+        tables, data = vocab_tables(params, None, cfg, counts=pop["key_counts"])
         logits = row_logits(tables, data, pop["row_doc"], pop["row_x"], cfg)
         cnt = pop["row_counts"]
         per_row = jnp.sum(cnt * _loss_against(logits, cfg), -1)
         n_row = jnp.sum(cnt, -1)
-        D = pop["inputs"].shape[0]
+        D = pop["key_counts"].shape[0]
         seg = lambda v: jax.ops.segment_sum(v, pop["row_doc"], num_segments=D)
         kn = jnp.stack([seg(jnp.where(pop["row_kind"] == k, per_row, 0.0)) for _, k in KINDS])
         kd = jnp.stack([seg(jnp.where(pop["row_kind"] == k, n_row, 0.0)) for _, k in KINDS])

@@ -22,11 +22,21 @@ Their protocol, step by step, and how it maps onto our documents:
 
 `ref_ratio_fixed` is the same protocol with correct topics (specials have none): the difference
 between the two is the labelling bug alone.
+
+Where the fast formulation is exact (no positional information: attention depends on the query
+token and the document's key counts only) the statistic is computed in vocabulary space
+(`prepare_rows`, `probe_reference_rows`): every category depends on the two tokens alone, so a
+category sum over (query, key) pairs is sum_{b,x,v} w_b c_b[x] A(x, b)[v] [cat(x, v)] with
+A(x, b) the attention of token x in document b summed over the keys holding v (probes/vocab.py)
+and c_b the token counts of the cut document; tests/test_vocab_probes.py checks it against the
+model's own attention matrices.
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+
+from topicdyn.models.fast import NEG_INF, fast_supported
 
 from topicdyn.config import Config
 from topicdyn.masking import MLMBatch
@@ -95,4 +105,60 @@ def probe_reference(params, cfg: Config, ref: dict, variant) -> dict:
            reference_stats(acts["attention"], b.inputs, b.valid, ref["labels"]).items()}
     out["ref_ratio_fixed"] = reference_stats(acts["attention"], b.inputs, b.valid,
                                              ref["labels_fixed"])["ratio"]
+    return out
+
+
+LABELLINGS = ("ref_", "ref_fixed_")  # their labels, the correct ones (prepare_rows' order)
+CATEGORIES = ("same_token", "same_topic", "cross_topic")
+
+
+def prepare_rows(cfg: Config, rb: MLMBatch, labels: np.ndarray,
+                 labels_fixed: np.ndarray) -> dict | None:
+    """Vocabulary-space constants of the statistic on reference_batch rb, with their labels
+    and the correct ones (numpy), or None where the fast formulation is not exact for cfg."""
+    if not fast_supported(cfg):
+        return None
+    nv = cfg.data.n_vocab
+    tokens, ok = np.asarray(rb.inputs), np.asarray(rb.valid).astype(bool)
+    B = tokens.shape[0]
+    c = np.bincount(np.nonzero(ok)[0] * nv + tokens[ok], minlength=B * nv).reshape(B, nv)
+    c = c.astype(np.float64)
+    r_doc, r_x = np.nonzero(c)  # (document, token) cells: every position is a query
+    cr = c[r_doc]
+    coef = c[r_doc, r_x] * (ok.sum(1) / CUT)[r_doc]  # queries of the cell x their len / 100
+    query = np.zeros((len(r_x), nv))
+    query[np.arange(len(r_x)), r_x] = coef
+    eye = np.eye(nv, dtype=bool)
+    cats = []
+    for lab in (np.asarray(labels), np.asarray(labels_fixed)):
+        has = (lab >= 0)[:, None] & (lab >= 0)[None, :]
+        same = lab[:, None] == lab[None, :]
+        for cat in (eye, ~eye & has & same, ~eye & has & ~same):
+            pairs = max(float(np.einsum("bx,xv,bv->", c, cat, c)), 1.0)
+            cats.append(cat / pairs)
+    return {"row_x": jnp.asarray(r_x, jnp.int32),
+            "row_logc": jnp.asarray(np.where(cr > 0, np.log(np.maximum(cr, 1.0)), NEG_INF),
+                                    jnp.float32),
+            "row_has_key": jnp.asarray(cr.sum(1) > 0, jnp.float32),
+            "row_a_uniform": jnp.asarray(cr / np.maximum(cr.sum(1, keepdims=True), 1.0),
+                                         jnp.float32),
+            "row_query": jnp.asarray(query, jnp.float32),
+            "cat_weights": jnp.asarray(np.stack(cats), jnp.float32)}
+
+
+def probe_reference_rows(params, cfg: Config, rows: dict) -> dict:
+    """= probe_reference, from prepare_rows' constants."""
+    from topicdyn.probes.vocab import row_attention
+
+    A = row_attention(params, cfg, rows)  # (cells, nv)
+    M = rows["row_query"].T @ A  # (nv, nv): attention mass from query token x to key token v
+    sums = jnp.einsum("xv,cxv->c", M, rows["cat_weights"]).reshape(len(LABELLINGS), -1)
+    out = {}
+    for tag, s in zip(LABELLINGS, sums):
+        st = dict(zip(CATEGORIES, s))
+        ratio = st["same_topic"] / jnp.maximum(st["cross_topic"], 1e-30)
+        if tag == "ref_":
+            out.update({f"ref_{k}": v for k, v in st.items()}, ref_ratio=ratio)
+        else:
+            out["ref_ratio_fixed"] = ratio
     return out

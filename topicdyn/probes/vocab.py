@@ -50,7 +50,7 @@ def prepare(cfg: Config, batch, labels: np.ndarray, bayes_logp,
     r_doc, r_x = np.nonzero(m)
     cr, nr = c[r_doc], np.maximum(n[r_doc], 1.0)[:, None]
     logc = np.log(np.maximum(cr, 1.0))
-    out = {"row_doc": r_doc, "row_x": r_x,
+    out = {"key_counts": c, "row_doc": r_doc, "row_x": r_x,
            "row_logc": np.where(cr > 0, logc, NEG_INF),
            "row_has_key": (n[r_doc] > 0).astype(np.float32),
            "row_a_uniform": cr / nr,
@@ -86,9 +86,11 @@ def prepare(cfg: Config, batch, labels: np.ndarray, bayes_logp,
             for k, v in out.items()}
 
 
-def _row_attention(params, cfg: Config, vc: dict):
+def row_attention(params, cfg: Config, vc: dict):
     """A (rows, nv_key): head-averaged attention of the query token x_r of row r in its document
-    summed over the key positions holding each token v (zero for a document without keys)."""
+    summed over the key positions holding each token v (zero for a document without keys).
+    vc: "row_x" (rows,) query tokens, "row_logc" (rows, nv) log key counts of the row's
+    document (NEG_INF where 0), "row_has_key" (rows,) 0/1; embedding_only: "row_a_uniform"."""
     if cfg.model.name == "embedding_only":  # uniform over the keys: A = c_b / n_b for every x
         return vc["row_a_uniform"]
     E, H = params["E"], cfg.model.n_heads
@@ -102,7 +104,7 @@ def _row_attention(params, cfg: Config, vc: dict):
 def probe_attention(params, ctx) -> dict:
     """= probes.probe_attention_generic (correct labels), in vocabulary space."""
     vc, cfg = ctx.vocab, ctx.cfg
-    A = _row_attention(params, cfg, vc)
+    A = row_attention(params, cfg, vc)
     sums = jnp.einsum("rv,crv->c", A, vc["row_weights"])
     # KL(a_i || uniform over the keys) per row: sum_v A log(A n / c)
     logt = jnp.log(jnp.where(A > 0, A, 1.0)) + vc["row_log_n_over_c"]
@@ -118,7 +120,7 @@ def probe_loss(params, ctx) -> dict:
     """= probes.probe_loss, from the logits of the selected positions only."""
     vc, cfg = ctx.vocab, ctx.cfg
     V, nv = cfg.data.V, cfg.data.n_vocab
-    tables, data = vocab_tables(params, ctx.batch, cfg)
+    tables, data = vocab_tables(params, None, cfg, counts=vc["key_counts"])
     logits = row_logits(tables, data, vc["sel_doc"], vc["sel_x"], cfg)  # (R, nv)
     logp = jax.nn.log_softmax(logits, axis=-1)
     n = max(int(vc["sel_y"].shape[0]), 1)
