@@ -16,7 +16,9 @@ import io
 import json
 import logging
 import os
+import queue
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -198,6 +200,61 @@ class Checkpointer:
     def close(self):
         self.manager.close()
 
+
+
+class BackgroundSaver:
+    """Checkpointer.save calls run in order on one worker thread, so that training goes on
+    while orbax writes: a save is ~25 ms of thread hand-offs on a CPU, ~80 ms beside the
+    probes, and a default run saves 32 checkpoints.
+
+    save() takes a host copy that is the saver's from then on. An error of a save is raised by
+    the next save(), flush() or close(); flush() returns when every queued checkpoint is on
+    disk and indexed. A kill at any instant leaves what a kill of a synchronous save leaves:
+    a step without its index row is unfinished, and a resume starts before it."""
+
+    def __init__(self):
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="topicdyn-checkpointer",
+                                        daemon=True)
+        self._thread.start()
+
+    def save(self, checkpointer: Checkpointer, step: int, host_state) -> None:
+        self._raise()
+        self._queue.put((checkpointer, step, host_state))
+
+    def _work(self):
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    ck, step, host = item
+                    ck.save(step, host)
+            except BaseException as e:  # raised in the training thread by _raise
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+    def _raise(self):
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def flush(self) -> None:
+        """Wait until every queued checkpoint is written; raise the first save's error."""
+        self._queue.join()
+        self._raise()
+
+    def close(self, raise_errors: bool = True) -> None:
+        """flush() and stop the worker (errors dropped unless raise_errors: closing after
+        another error). Closing twice is harmless."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if raise_errors:
+            self._raise()
 
 
 def list_checkpoints(run_dir: str | Path) -> list[dict]:

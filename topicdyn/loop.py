@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from topicdyn.checkpoint import checkpoint_steps
+from topicdyn.checkpoint import BackgroundSaver, checkpoint_steps
 from topicdyn.config import Config
 from topicdyn.devices import (AXIS, Stepper, barrier, broadcast, is_writer,  # noqa: F401
                               member_mesh, shard, to_host, training_devices)
@@ -174,6 +174,7 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
     writer = is_writer()
     slices = group.slices()
     ckpts = [PointCheckpointer(d) for d in group.dirs] if writer else []
+    saver = BackgroundSaver() if writer else None
     origin = 0
     if start > 0:
         if writer:
@@ -200,7 +201,7 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
     try:
         if start == 0 and writer:
             for c, s in zip(ckpts, slices):
-                c.save(0, jax.tree.map(lambda x, s=s: x[s], host))
+                saver.save(c, 0, jax.tree.map(lambda x, s=s: x[s], host))
             for h in active:
                 h(0, host, None)
         for boundary in (b for b in log_steps(cfg) if b > origin):
@@ -222,7 +223,7 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
                 t_last = time.perf_counter()
                 continue
             pnorm = to_host(param_norms(cfg)(state.params))
-            _guard(group, step, losses, pnorm, M, last_ck)
+            _guard(group, step, losses, pnorm, M, last_ck, saver)
             now = time.perf_counter()
             rate = (step - s_last) / max(now - t_last, 1e-9)
             t_last, s_last = now, step
@@ -245,15 +246,21 @@ def train_group(group: Group, mesh: Mesh, start: int, hooks: Callable | None = N
                 host = to_host(state)
                 if writer:
                     for c, s in zip(ckpts, slices):
-                        c.save(step, jax.tree.map(lambda x, s=s: x[s], host))
+                        saver.save(c, step, jax.tree.map(lambda x, s=s: x[s], host))
                     for h in active:
                         h(step, host, None)
                 last_ck = step
                 barrier("checkpoint")
                 if stop_at is not None and stop_at <= step < total:
+                    if saver is not None:
+                        saver.flush()
                     raise RunInterrupted(f"stopped at step {step}")
+        if saver is not None:
+            saver.flush()
         bar.wait_for_probes(active)
     finally:
+        if saver is not None:  # its checkpoints written before the managers close
+            saver.close(raise_errors=False)
         bar.close()
         for c in ckpts:
             c.close()
@@ -295,9 +302,10 @@ def _restore(group: Group, ckpts: list, host, candidates: list[int], M: int):
 
 
 def _guard(group: Group, step: int, losses: np.ndarray, pnorm: dict, M: int,
-           last_ck: int) -> None:
+           last_ck: int, saver: BackgroundSaver | None = None) -> None:
     """Stop (Diverged) at a logging point where a member's loss or a parameter group is not
-    finite: nothing of that step is written; diverged.json marks the last good checkpoint."""
+    finite: nothing of that step is written; diverged.json marks the last good checkpoint
+    (written by then: the saver is flushed first)."""
     bad_loss = ~np.isfinite(losses[:, :M]).all(0)
     bad_groups = {g: ~np.isfinite(np.asarray(v)[:M]) for g, v in pnorm.items()}
     bad = bad_loss.copy()
@@ -305,6 +313,8 @@ def _guard(group: Group, step: int, losses: np.ndarray, pnorm: dict, M: int,
         bad |= b
     if not bad.any():
         return
+    if saver is not None:
+        saver.flush()
     seeds, _, _ = group.member_values()
     where = []
     for d, sl in zip(group.dirs, group.slices()):

@@ -239,7 +239,9 @@ def probe_loss_generic(params, params0, ctx: ProbeContext) -> dict:
     return out
 
 
-@register("dynamics")
+# separate: its stable ranks are a host callback, and a program with one is never kept in the
+# persistent compilation cache; alone it is small to recompile, and the others' stay cached
+@register("dynamics", separate=True)
 def probe_dynamics(params, params0, ctx: ProbeContext) -> dict:
     """||W_t - W_0||_F per tracked matrix (Variant.tracked), and stable ranks of the changes of
     each layer's W^V and W^Q W^K^T."""
