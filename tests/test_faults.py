@@ -295,3 +295,41 @@ def test_probes_of_non_finite_params_record_it_and_verdicts_say_diverged(tmp_pat
     assert row["non_finite_params"] == [False, True] and len(row) == 2
     claims = judge(row, {}, cfg)
     assert claims and all(c["verdict"] == "diverged" for c in claims)
+
+
+def test_background_saver_keeps_order_and_raises_a_failed_save_once():
+    """BackgroundSaver: saves in submission order; a failed save's error comes back at the
+    next save() (not lost, not raised twice), later saves are not attempted after it, and
+    close() waits for what was queued."""
+    import threading
+
+    from topicdyn.checkpoint import BackgroundSaver
+
+    done, gate = [], threading.Event()
+
+    class Fake:
+        def save(self, step, host):
+            gate.wait(5)
+            if step == 2:
+                raise OSError(errno.ENOSPC, "No space left on device", f"checkpoints/{step}")
+            done.append((step, host))
+
+    saver, ck = BackgroundSaver(), Fake()
+    for s in range(2):
+        saver.save(ck, s, {"x": s})
+    assert done == []  # queued, training goes on
+    gate.set()
+    saver.flush()
+    assert done == [(0, {"x": 0}), (1, {"x": 1})]
+    gate.clear()
+    saver.save(ck, 2, {})
+    saver.save(ck, 3, {"x": 3})  # queued behind the failing save: skipped
+    gate.set()
+    with pytest.raises(OSError, match="No space left"):
+        saver.flush()
+    assert [s for s, _ in done] == [0, 1]
+    saver.flush()  # raised once
+    saver.save(ck, 4, {"x": 4})
+    saver.close()
+    assert done[-1] == (4, {"x": 4})
+    saver.close()  # twice is harmless
