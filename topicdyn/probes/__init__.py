@@ -32,6 +32,7 @@ from topicdyn.probes import population as _population
 from topicdyn.probes import reference_stat as _reference
 from topicdyn.probes import vocab as _vocab
 from topicdyn.probes.stats import attention_stats, block_stats, center_rows, stable_rank
+from topicdyn.theory.cache import memoized
 from topicdyn.training import EVAL_STREAM, masked_loss, stream_key
 from topicdyn.xla import compile_options
 
@@ -80,9 +81,22 @@ class ProbeContext:
 def eval_batch(cfg: Config) -> MLMBatch:
     """The run's fixed evaluation documents: train.n_eval documents from its eval stream,
     identical at every checkpoint and for the eval-set theory values (verdicts); for a corpus,
-    windows of its held-out articles."""
+    windows of its held-out articles. Generated documents are kept in the theory's
+    content-keyed cache (a run's probes, verdicts and figures, and the next run of the config,
+    sample them once)."""
+    if cfg.data.source == "lda":
+        return jax.tree.map(jnp.asarray, _lda_eval_batch(cfg, cfg.train.seed, cfg.train.n_eval))
+    return _sample_eval(cfg, cfg.train.seed, cfg.train.n_eval)
+
+
+def _sample_eval(cfg: Config, seed: int, n_eval: int) -> MLMBatch:
     return jax.jit(sample_batch, static_argnums=(1, 2, 3), compiler_options=compile_options())(
-        stream_key(cfg.train.seed, EVAL_STREAM), eval_data(cfg.data), cfg.mask, cfg.train.n_eval)
+        stream_key(seed, EVAL_STREAM), eval_data(cfg.data), cfg.mask, n_eval)
+
+
+@memoized(("data", "mask"))
+def _lda_eval_batch(cfg: Config, seed: int, n_eval: int) -> MLMBatch:
+    return jax.device_get(_sample_eval(cfg, seed, n_eval))
 
 
 def make_context(cfg: Config, with_bayes: bool = True,

@@ -27,6 +27,7 @@ from topicdyn.data import eval_data
 from topicdyn.masking import QUERY_KINDS, MLMBatch, sample_batch
 from topicdyn.models import get_variant
 from topicdyn.models.fast import fast_supported, row_logits, vocab_tables
+from topicdyn.theory.cache import memoized
 from topicdyn.training import POP_EVAL_STREAM, stream_key
 from topicdyn.xla import compile_options
 
@@ -35,11 +36,22 @@ CHUNK_DOCS = 100  # generic path: documents per forward pass
 
 
 def pop_batch(cfg: Config):
-    """The n_pop_eval documents (numpy MLMBatch), drawn from the population-eval stream."""
+    """The n_pop_eval documents (numpy MLMBatch, read-only), drawn from the population-eval
+    stream; generated documents are kept in the theory's content-keyed cache."""
+    if cfg.data.source == "lda":
+        return _lda_pop_batch(cfg, cfg.train.seed, cfg.train.n_pop_eval)
+    return _sample_pop(cfg, cfg.train.seed, cfg.train.n_pop_eval)
+
+
+def _sample_pop(cfg: Config, seed: int, n: int):
     return jax.device_get(jax.jit(sample_batch, static_argnums=(1, 2, 3),
                                   compiler_options=compile_options())(
-        stream_key(cfg.train.seed, POP_EVAL_STREAM), eval_data(cfg.data), cfg.mask,
-        cfg.train.n_pop_eval))
+        stream_key(seed, POP_EVAL_STREAM), eval_data(cfg.data), cfg.mask, n))
+
+
+@memoized(("data", "mask"))
+def _lda_pop_batch(cfg: Config, seed: int, n: int):
+    return _sample_pop(cfg, seed, n)
 
 
 def _key_counts(b, nv: int) -> np.ndarray:
