@@ -99,7 +99,8 @@ def table(res: dict, out: Path, root: Path) -> str:
     if all("whole_run" in r for r in pre.values()):
         rows += ["", "A whole default `topicdyn train` (5000 steps, 1 seed, no figures), wall "
                  "seconds, cold (empty caches) and warm (the same caches again: theory results "
-                 "and compiled programs):", "",
+                 "and compiled programs; the median of 3 runs, with and without probes "
+                 "interleaved):", "",
                  "| preset | without probes cold / warm | with probes and theory cold / warm | "
                  "overhead cold / warm |", "|---|---|---|---|"]
         for p, r in pre.items():
