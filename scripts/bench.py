@@ -147,6 +147,10 @@ def main() -> int:
                  cores_used=one["cores_used"])
         # the same step on one device: what sampling ahead on a second core adds
         r["one_device"] = child({"case": "step", "preset": p, "devices": 1, "min_seconds": secs})
+        # where a step goes: the two programs alone, with XLA's intra-op threads and without
+        r["parts"] = child({"case": "parts", "preset": p, "min_seconds": secs / 2})
+        r["parts_one_thread"] = child({"case": "parts", "preset": p, "min_seconds": secs / 2},
+                                      env={"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"})
         big = str(max(seeds))
         r["amortisation"] = (r["ensemble"][big]["member_steps_per_s"]
                              / one["member_steps_per_s"])

@@ -11,6 +11,7 @@ Cases:
             (the probe overhead is the ratio of the two wall times)
   loss      per-step losses of the fast path vs the generic formulation on the same seeds
   matmul    the dense float32 matmul rate of this machine (the hardware roofline of the FLOP ratio)
+  parts     the sampler and the training program alone: microseconds per step, cores, GFLOP/s
 """
 from __future__ import annotations
 
@@ -240,7 +241,52 @@ def case_scaling(c: dict) -> dict:
     return out
 
 
-CASES = {"step": case_step, "run": case_run, "loss": case_loss, "matmul": case_matmul,
+def case_parts(c: dict) -> dict:
+    """Where one member's step goes: the sampler program alone and the training program alone,
+    each on the default device, steady-state microseconds per step and the cores each keeps busy
+    (process CPU time / wall time), and the training program's matmul work (models/cost.py's
+    count for the selected implementation) per second."""
+    import jax
+    import numpy as np
+
+    from topicdyn.models.cost import step_flops
+    from topicdyn.models.kernels import select
+    from topicdyn.training import ensemble_seeds, init_state, programs, steps_per_dispatch
+
+    cfg = bench_config(c["preset"], 1, tuple(c.get("overrides", ())))
+    S = steps_per_dispatch(cfg, 1)
+    sample, train = programs(cfg, S)
+    seeds = ensemble_seeds(cfg)
+    state = init_state(cfg, seeds)
+    batches = sample(seeds, np.int32(0))
+    state, m = train(state, batches, np.int32(S))
+    jax.block_until_ready(m)
+
+    def timed(fn):
+        fn()
+        t, cpu0, n = time.perf_counter(), _cpu_seconds(), 0
+        while time.perf_counter() - t < c.get("min_seconds", 3.0):
+            fn()
+            n += S
+        el = time.perf_counter() - t
+        return el / n * 1e6, (_cpu_seconds() - cpu0) / el
+
+    box = {"state": state}
+
+    def run_train():
+        box["state"], mm = train(box["state"], batches, np.int32(S))
+        jax.block_until_ready(mm)
+
+    s_us, s_cores = timed(lambda: jax.block_until_ready(sample(seeds, np.int32(S))))
+    t_us, t_cores = timed(run_train)
+    impl = select(cfg)
+    flops = step_flops(impl, cfg)
+    return {"impl": impl, "sampler_us_per_step": s_us, "sampler_cores": s_cores,
+            "train_us_per_step": t_us, "train_cores": t_cores,
+            "train_mflop_per_step": flops / 1e6, "train_gflop_per_s": flops / t_us / 1e3}
+
+
+CASES = {"step": case_step, "parts": case_parts, "run": case_run, "loss": case_loss, "matmul": case_matmul,
          "scaling": case_scaling}
 
 

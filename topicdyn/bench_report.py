@@ -88,6 +88,21 @@ def table(res: dict, out: Path, root: Path) -> str:
                     f"{r['one_device']['steps_per_s']:.0f} | {r['cores_used']:.2f} | "
                     f"{r['content_tokens_per_s']:.3g} | {r['compile_s']:.1f} | "
                     f"{r['peak_rss_mb']:.0f} | {r['loss_check']['max_abs_loss_diff']:.1e} |")
+    if all("parts" in r for r in pre.values()):
+        rows += ["", "Where one member's step goes: the sampler and the training program each "
+                 "alone on one device (microseconds per step, cores kept busy); the training "
+                 "program's matmul work per step and rate; the same with XLA's intra-op threads "
+                 "off (`--xla_cpu_multi_thread_eigen=false`):", "",
+                 "| preset | sampler us (cores) | training us (cores) | training MFLOP, GFLOP/s "
+                 "| one thread: sampler us, training us |", "|---|---|---|---|---|"]
+        for p, r in pre.items():
+            a, b = r["parts"], r.get("parts_one_thread", {})
+            one = (f"{b['sampler_us_per_step']:.0f}, {b['train_us_per_step']:.0f}" if b
+                   else "-")
+            rows.append(f"| {p} | {a['sampler_us_per_step']:.0f} ({a['sampler_cores']:.2f}) | "
+                        f"{a['train_us_per_step']:.0f} ({a['train_cores']:.2f}) | "
+                        f"{a['train_mflop_per_step']:.1f}, {a['train_gflop_per_s']:.0f} | "
+                        f"{one} |")
     sizes = list(pre["V"]["ensemble"])
     rows += ["", "Ensembles (members trained together under vmap, spread over the CPU's "
              "devices), member-steps/s:", "",
