@@ -51,7 +51,8 @@ def _numpy_estimate(cfg, params, b):
 
 
 @pytest.mark.parametrize("name,extra", [("A", []), ("F", ["model.loss=squared"]),
-                                        ("F", ["model.n_heads=2", "model.residual=true"])])
+                                        ("F", ["model.n_heads=2", "model.residual=true"]),
+                                        ("V", []), ("V", ["model.n_heads=2"])])
 def test_population_loss_matches_numpy(name, extra, monkeypatch):
     cfg = preset(name, SMALL + extra)
     monkeypatch.setattr(population, "compile_options", lambda: FAST)
@@ -60,6 +61,8 @@ def test_population_loss_matches_numpy(name, extra, monkeypatch):
     rng = np.random.default_rng(1)
     params = jax.tree.map(lambda x: jnp.asarray(np.asarray(x) + 0.5 * rng.standard_normal(
         x.shape), x.dtype), p0)
+    if population.uniform_attention(cfg):  # W^Q, W^K held at zero: the rows pool per document
+        params = {**params, "WQ": p0["WQ"], "WK": p0["WK"]}
     b = population.pop_batch(cfg)
     want = _numpy_estimate(cfg, params, b)
     fast = population.prepare(cfg)

@@ -93,11 +93,15 @@ def key_counts(batch, cfg: Config, dtype=jnp.float32) -> jax.Array:
     return _counts(batch.inputs, batch.key_mask.astype(dtype), cfg.data.n_vocab)[..., 0]
 
 
-def vocab_tables(params, batch, cfg: Config, counts=None) -> tuple[dict, dict]:
+def vocab_tables(params, batch, cfg: Config, counts=None,
+                 uniform: bool = False) -> tuple[dict, dict]:
     """Differentiable vocabulary tables (from params) and constant per-document data.
 
     counts: the documents' key_counts when the caller has them (a fixed evaluation set: a
-    scatter over every position saved per call); then `batch` is not read.
+    scatter over every position saved per call); then `batch` is not read. uniform: the
+    attention is uniform over the keys whatever the query (the variant's UNIFORM_ATTENTION
+    trait: W^Q, W^K held at zero), so every query of a document reads one pooled row, as for
+    embedding_only ("doc_out", no "S").
 
     Unfolded: "S" (H, nv, nv) scores and "VE" (H, nv, dh) values (attention), "doc_out" (B, d)
     (embedding_only), "E" (nv, d) for the residual, "ln" params and "D" (d, nv) the decoder.
@@ -122,8 +126,9 @@ def vocab_tables(params, batch, cfg: Config, counts=None) -> tuple[dict, dict]:
         tables["ln"] = params["ln"]
     c = key_counts(batch, cfg, E.dtype) if counts is None else counts.astype(E.dtype)
     data = {}
-    if m.name == "embedding_only":
-        # the generic mean over an empty key set is 0 (weights w / max(sum w, 1)), as here
+    if m.name == "embedding_only" or uniform:
+        # the generic mean over an empty key set is 0 (weights w / max(sum w, 1)), as here;
+        # so is softmax attention's over no keys (row_logits' has_key)
         w = c / jnp.maximum(c.sum(-1, keepdims=True), 1.0)
         tables["doc_out"] = jnp.einsum("bv,hvw->bw", w, VE) if fold else \
             jnp.einsum("bv,hve->bhe", w, VE).reshape(-1, d)
@@ -140,7 +145,7 @@ def vocab_tables(params, batch, cfg: Config, counts=None) -> tuple[dict, dict]:
 def row_logits(tables, data, doc, x, cfg: Config):
     """Logits (n, nv) of n queries given their document index doc (n,) and input token x (n,)."""
     m = cfg.model
-    if m.name == "embedding_only":
+    if "doc_out" in tables:  # pooled per document (embedding_only, uniform attention)
         out = tables["doc_out"][doc]
     else:
         scores = tables["S"][:, x, :] + data["logc"][doc][None]  # (H, n, nv)

@@ -54,6 +54,14 @@ def _lda_pop_batch(cfg: Config, seed: int, n: int):
     return _sample_pop(cfg, seed, n)
 
 
+def uniform_attention(cfg: Config) -> bool:
+    """Whether the variant's attention is uniform over the keys whatever its parameters (its
+    UNIFORM_ATTENTION trait): the bag-of-words rows then pool once per document."""
+    from topicdyn.models.variant import UNIFORM_ATTENTION
+
+    return UNIFORM_ATTENTION in get_variant(cfg.model.name).traits(cfg)
+
+
 def _key_counts(b, nv: int) -> np.ndarray:
     """(D, nv) counts of each token among the key positions of each document (numpy)."""
     inputs, keys = np.asarray(b.inputs), np.asarray(b.key_mask).astype(bool)
@@ -79,7 +87,8 @@ def prepare(cfg: Config) -> dict | None:
         counts = np.zeros((len(keys), cfg.data.n_vocab), np.float32)
         np.add.at(counts, (inv.reshape(-1), y), 1.0)
         # the documents' key counts are fixed: counted once here, not at every checkpoint
-        return {"rows": True, "key_counts": jnp.asarray(_key_counts(b, cfg.data.n_vocab)),
+        return {"rows": True, "uniform": uniform_attention(cfg),
+                "key_counts": jnp.asarray(_key_counts(b, cfg.data.n_vocab)),
                 "row_doc": jnp.asarray(keys[:, 0], jnp.int32),
                 "row_x": jnp.asarray(keys[:, 1], jnp.int32),
                 "row_kind": jnp.asarray(keys[:, 2], jnp.int32), "row_counts": jnp.asarray(counts)}
@@ -116,7 +125,8 @@ def _loss_against(logits, cfg: Config):
 def pop_loss(params, cfg: Config, pop: dict) -> dict:
     """{pop_loss, pop_loss_se, pop_loss_mask, pop_loss_keep, pop_loss_random} for one seed."""
     if pop["rows"]:
-        tables, data = vocab_tables(params, None, cfg, counts=pop["key_counts"])
+        tables, data = vocab_tables(params, None, cfg, counts=pop["key_counts"],
+                                    uniform=pop["uniform"])
         logits = row_logits(tables, data, pop["row_doc"], pop["row_x"], cfg)
         cnt = pop["row_counts"]
         per_row = jnp.sum(cnt * _loss_against(logits, cfg), -1)

@@ -82,8 +82,11 @@ def prepare(cfg: Config, batch, labels: np.ndarray, bayes_logp,
     if bayes_visible_logp is not None:
         out["sel_bayes_visible"] = np.asarray(bayes_visible_logp)[b_idx, pos]
     ints = ("sel_doc", "sel_x", "sel_y", "row_doc", "row_x")
-    return {k: v if k == "names" else jnp.asarray(v, jnp.int32 if k in ints else jnp.float32)
-            for k, v in out.items()}
+    out = {k: v if k == "names" else jnp.asarray(v, jnp.int32 if k in ints else jnp.float32)
+           for k, v in out.items()}
+    from topicdyn.probes.population import uniform_attention
+    out["uniform"] = uniform_attention(cfg)
+    return out
 
 
 def row_attention(params, cfg: Config, vc: dict):
@@ -91,8 +94,8 @@ def row_attention(params, cfg: Config, vc: dict):
     summed over the key positions holding each token v (zero for a document without keys).
     vc: "row_x" (rows,) query tokens, "row_logc" (rows, nv) log key counts of the row's
     document (NEG_INF where 0), "row_has_key" (rows,) 0/1; embedding_only: "row_a_uniform"."""
-    if cfg.model.name == "embedding_only":  # uniform over the keys: A = c_b / n_b for every x
-        return vc["row_a_uniform"]
+    if cfg.model.name == "embedding_only" or vc.get("uniform"):
+        return vc["row_a_uniform"]  # uniform over the keys: A = c_b / n_b for every x
     E, H = params["E"], cfg.model.n_heads
     QE = jnp.einsum("vd,hde->hve", E, params["WQ"])
     KE = jnp.einsum("vd,hde->hve", E, params["WK"])
@@ -120,7 +123,8 @@ def probe_loss(params, ctx) -> dict:
     """= probes.probe_loss, from the logits of the selected positions only."""
     vc, cfg = ctx.vocab, ctx.cfg
     V, nv = cfg.data.V, cfg.data.n_vocab
-    tables, data = vocab_tables(params, None, cfg, counts=vc["key_counts"])
+    tables, data = vocab_tables(params, None, cfg, counts=vc["key_counts"],
+                                uniform=vc["uniform"])
     logits = row_logits(tables, data, vc["sel_doc"], vc["sel_x"], cfg)  # (R, nv)
     logp = jax.nn.log_softmax(logits, axis=-1)
     n = max(int(vc["sel_y"].shape[0]), 1)
