@@ -34,7 +34,7 @@ from topicdyn.probes import vocab as _vocab
 from topicdyn.probes.stats import attention_stats, block_stats, center_rows, stable_rank
 from topicdyn.theory.cache import memoized
 from topicdyn.training import EVAL_STREAM, masked_loss, stream_key
-from topicdyn.xla import compile_options
+from topicdyn.xla import compile_options, device_array
 
 PROBES: dict[str, Callable] = {}
 REQUIRES: dict[str, frozenset[str]] = {}  # probe -> variant traits it relies on
@@ -85,7 +85,7 @@ def eval_batch(cfg: Config) -> MLMBatch:
     content-keyed cache (a run's probes, verdicts and figures, and the next run of the config,
     sample them once)."""
     if cfg.data.source == "lda":
-        return jax.tree.map(jnp.asarray, _lda_eval_batch(cfg, cfg.train.seed, cfg.train.n_eval))
+        return jax.tree.map(device_array, _lda_eval_batch(cfg, cfg.train.seed, cfg.train.n_eval))
     return _sample_eval(cfg, cfg.train.seed, cfg.train.n_eval)
 
 
@@ -117,19 +117,19 @@ def make_context(cfg: Config, with_bayes: bool = True,
     if with_bayes and get_variant(cfg.model.name).traits(cfg) & {MLM, CAUSAL}:
         try:
             from topicdyn.theory import bayes_log_prob
-            bayes = jnp.asarray(bayes_log_prob(cfg, batch), jnp.float32)
+            bayes = device_array(bayes_log_prob(cfg, batch), np.float32)
             if cfg.mask.objective != "causal":
-                visible = jnp.asarray(bayes_log_prob(cfg, batch, use_query_token=False),
-                                      jnp.float32)
+                visible = device_array(bayes_log_prob(cfg, batch, use_query_token=False),
+                                       np.float32)
         except (ImportError, NotImplementedError):
             bayes = visible = None
     vc = _vocab.prepare(cfg, batch, labels, bayes, visible) if vocab_probes else None
     ref = None
     if _reference.applies(cfg):
         rb = _reference.reference_batch(cfg, batch)
-        ref = {"batch": jax.tree.map(jnp.asarray, rb),
-               "labels": jnp.asarray(_reference.reference_labels(cfg)),
-               "labels_fixed": jnp.asarray(labels)}  # the correct topics (specials -1)
+        ref = {"batch": jax.tree.map(device_array, rb),
+               "labels": device_array(_reference.reference_labels(cfg)),
+               "labels_fixed": device_array(labels)}  # the correct topics (specials -1)
         if vc is not None:  # the vocabulary-space form, read where the vocab probes run
             ref["rows"] = _reference.prepare_rows(cfg, rb, _reference.reference_labels(cfg),
                                                   labels)
@@ -139,7 +139,7 @@ def make_context(cfg: Config, with_bayes: bool = True,
         from topicdyn.probes.singh_setup import prepare as es_prepare
         es = {k: (jax.tree.map(jnp.asarray, v) if isinstance(v, (MLMBatch, np.ndarray)) else v)
               for k, v in es_prepare(cfg, jax.device_get(batch), visible).items()}
-    return ProbeContext(cfg, batch, wt, jnp.asarray(labels), jnp.asarray(uni / uni.sum()),
+    return ProbeContext(cfg, batch, wt, device_array(labels), device_array(uni / uni.sum()),
                         bayes, visible, vc, _population.prepare(cfg), ref, es)
 
 

@@ -29,7 +29,7 @@ from topicdyn.models import get_variant
 from topicdyn.models.fast import fast_supported, row_logits, vocab_tables
 from topicdyn.theory.cache import memoized
 from topicdyn.training import POP_EVAL_STREAM, stream_key
-from topicdyn.xla import compile_options
+from topicdyn.xla import compile_options, device_array
 
 KINDS = tuple(QUERY_KINDS.items())
 CHUNK_DOCS = 100  # generic path: documents per forward pass
@@ -88,10 +88,11 @@ def prepare(cfg: Config) -> dict | None:
         np.add.at(counts, (inv.reshape(-1), y), 1.0)
         # the documents' key counts are fixed: counted once here, not at every checkpoint
         return {"rows": True, "uniform": uniform_attention(cfg),
-                "key_counts": jnp.asarray(_key_counts(b, cfg.data.n_vocab)),
-                "row_doc": jnp.asarray(keys[:, 0], jnp.int32),
-                "row_x": jnp.asarray(keys[:, 1], jnp.int32),
-                "row_kind": jnp.asarray(keys[:, 2], jnp.int32), "row_counts": jnp.asarray(counts)}
+                "key_counts": device_array(_key_counts(b, cfg.data.n_vocab)),
+                "row_doc": device_array(keys[:, 0], np.int32),
+                "row_x": device_array(keys[:, 1], np.int32),
+                "row_kind": device_array(keys[:, 2], np.int32),
+                "row_counts": device_array(counts)}
     D, C = sel.shape[0], CHUNK_DOCS
     pad = -D % C  # padded documents have no selected position: they add nothing
 

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from topicdyn.models.fast import NEG_INF, fast_supported
+from topicdyn.xla import device_array
 
 from topicdyn.config import Config
 from topicdyn.masking import MLMBatch
@@ -136,14 +137,13 @@ def prepare_rows(cfg: Config, rb: MLMBatch, labels: np.ndarray,
         for cat in (eye, ~eye & has & same, ~eye & has & ~same):
             pairs = max(float(np.einsum("bx,xv,bv->", c, cat, c)), 1.0)
             cats.append(cat / pairs)
-    return {"row_x": jnp.asarray(r_x, jnp.int32),
-            "row_logc": jnp.asarray(np.where(cr > 0, np.log(np.maximum(cr, 1.0)), NEG_INF),
-                                    jnp.float32),
-            "row_has_key": jnp.asarray(cr.sum(1) > 0, jnp.float32),
-            "row_a_uniform": jnp.asarray(cr / np.maximum(cr.sum(1, keepdims=True), 1.0),
-                                         jnp.float32),
-            "row_query": jnp.asarray(query, jnp.float32),
-            "cat_weights": jnp.asarray(np.stack(cats), jnp.float32)}
+    f32 = np.float32
+    return {"row_x": device_array(r_x, np.int32),
+            "row_logc": device_array(np.where(cr > 0, np.log(np.maximum(cr, 1.0)), NEG_INF), f32),
+            "row_has_key": device_array(cr.sum(1) > 0, f32),
+            "row_a_uniform": device_array(cr / np.maximum(cr.sum(1, keepdims=True), 1.0), f32),
+            "row_query": device_array(query, f32),
+            "cat_weights": device_array(np.stack(cats), f32)}
 
 
 def probe_reference_rows(params, cfg: Config, rows: dict) -> dict:

@@ -27,6 +27,7 @@ import numpy as np
 from topicdyn.config import Config
 from topicdyn.masking import SHOW_MASK
 from topicdyn.models.fast import NEG_INF, fast_supported, row_logits, vocab_tables
+from topicdyn.xla import device_array
 
 
 def prepare(cfg: Config, batch, labels: np.ndarray, bayes_logp,
@@ -82,7 +83,7 @@ def prepare(cfg: Config, batch, labels: np.ndarray, bayes_logp,
     if bayes_visible_logp is not None:
         out["sel_bayes_visible"] = np.asarray(bayes_visible_logp)[b_idx, pos]
     ints = ("sel_doc", "sel_x", "sel_y", "row_doc", "row_x")
-    out = {k: v if k == "names" else jnp.asarray(v, jnp.int32 if k in ints else jnp.float32)
+    out = {k: v if k == "names" else device_array(v, np.int32 if k in ints else np.float32)
            for k, v in out.items()}
     from topicdyn.probes.population import uniform_attention
     out["uniform"] = uniform_attention(cfg)
