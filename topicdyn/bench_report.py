@@ -78,6 +78,11 @@ def _grid_table(grid: list[dict]) -> list[str]:
     return rows
 
 
+def _head(intro: str, columns: list[str]) -> list[str]:
+    """A paragraph, then a markdown table's header and rule."""
+    return ["", intro, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def table(res: dict, out: Path, root: Path) -> str:
     pre = res["presets"]
     rows = ["| preset | steps/s | x reference | on one device | cores used | content tokens/s "
@@ -89,12 +94,12 @@ def table(res: dict, out: Path, root: Path) -> str:
                     f"{r['content_tokens_per_s']:.3g} | {r['compile_s']:.1f} | "
                     f"{r['peak_rss_mb']:.0f} | {r['loss_check']['max_abs_loss_diff']:.1e} |")
     if all("parts" in r for r in pre.values()):
-        rows += ["", "Where one member's step goes: the sampler and the training program each "
-                 "alone on one device (microseconds per step, cores kept busy); the training "
-                 "program's matmul work per step and rate; the same with XLA's intra-op threads "
-                 "off (`--xla_cpu_multi_thread_eigen=false`):", "",
-                 "| preset | sampler us (cores) | training us (cores) | training MFLOP, GFLOP/s "
-                 "| one thread: sampler us, training us |", "|---|---|---|---|---|"]
+        rows += _head("Where one member's step goes: the sampler and the training program each "
+                      "alone on one device (microseconds per step, cores kept busy); the "
+                      "training program's matmul work per step and rate; the same with XLA's "
+                      "intra-op threads off (`--xla_cpu_multi_thread_eigen=false`):",
+                      ["preset", "sampler us (cores)", "training us (cores)",
+                       "training MFLOP, GFLOP/s", "one thread: sampler us, training us"])
         for p, r in pre.items():
             a, b = r["parts"], r.get("parts_one_thread", {})
             one = (f"{b['sampler_us_per_step']:.0f}, {b['train_us_per_step']:.0f}" if b
@@ -112,12 +117,12 @@ def table(res: dict, out: Path, root: Path) -> str:
         rows.append(f"| {p} | " + " | ".join(
             f"{e['member_steps_per_s']:.0f}" for e in r["ensemble"].values()) + " |")
     if all("whole_run" in r for r in pre.values()):
-        rows += ["", "A whole default `topicdyn train` (5000 steps, 1 seed, no figures), wall "
-                 "seconds, cold (empty caches) and warm (the same caches again: theory results "
-                 "and compiled programs; the median of 3 runs, with and without probes "
-                 "interleaved):", "",
-                 "| preset | without probes cold / warm | with probes and theory cold / warm | "
-                 "overhead cold / warm |", "|---|---|---|---|"]
+        rows += _head("A whole default `topicdyn train` (5000 steps, 1 seed, no figures), wall "
+                      "seconds, cold (empty caches) and warm (the same caches again: theory "
+                      "results and compiled programs; the median of 3 runs, with and without "
+                      "probes interleaved):",
+                      ["preset", "without probes cold / warm",
+                       "with probes and theory cold / warm", "overhead cold / warm"])
         for p, r in pre.items():
             w = r["whole_run"]
             rows.append(f"| {p} | {w['without_probes']['cold_s']:.1f} / "
