@@ -119,13 +119,14 @@ def test_sigkill_from_outside_at_a_timed_instant(reference, tmp_path, fraction):
 def test_damaged_files_are_repaired_or_skipped_on_resume(reference, tmp_path):
     _, want, _ = reference
     run = tmp_path / "run"
-    # killed once step 20's probe row is written (the prober runs beside training: a kill at a
-    # training step may come before any probe row)
-    r = _cli("train", "--out", str(run), *TINY, env={"TOPICDYN_CRASH_AT": "probe.written:20"})
+    # killed once step 20's probe row and its checkpoint's index row are both written (the
+    # prober and the checkpoint saver run beside training, in either order)
+    r = _cli("train", "--out", str(run), *TINY,
+             env={"TOPICDYN_CRASH_AT": "probe.written:20&checkpoint.indexed:20"})
     assert r.returncode == -signal.SIGKILL
     steps = lambda f: {json.loads(x)["step"] for x in (run / f).read_text().splitlines()}  # noqa
     latest = max(steps("checkpoints.jsonl") & steps("probes.jsonl"))  # where a resume starts
-    assert latest > 0
+    assert latest == 20
     for f in ("metrics.jsonl", "checkpoints.jsonl", "probes.jsonl", "timing.jsonl"):
         with (run / f).open("a") as fh:
             fh.write('{"step": 3')  # a torn last line

@@ -3,7 +3,9 @@
 `crash_point(name, step)`: if the environment variable TOPICDYN_CRASH_AT is "name:step" (or
 "name:*"), the process kills itself with SIGKILL right there, exactly as an outside kill at that
 instant would. The named points are the steps of the write order (docs in topicdyn/rundir.py).
-Unset (always, outside tests) it costs one dictionary lookup.
+"a:s&b:t" kills at the later of the two points: the checkpoint saver and the prober are threads
+of their own, so which of their writes comes first is not fixed. Unset (always, outside tests)
+it costs one dictionary lookup.
 
 `DirLock(dir)`: a lock file `.topicdyn.lock` with the owner's pid and host, created exclusively.
 A second writer is refused with one line; a lock left by a process that no longer runs on this
@@ -15,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -23,13 +26,22 @@ from topicdyn.config import ConfigError
 LOCK_NAME = ".topicdyn.lock"
 
 
+_REACHED: set[str] = set()  # the conditions of TOPICDYN_CRASH_AT met so far
+_REACHED_LOCK = threading.Lock()
+
+
 def crash_point(name: str, step: int | None = None) -> None:
     want = os.environ.get("TOPICDYN_CRASH_AT")
     if not want:
         return
-    where, _, at = want.partition(":")
-    if where == name and (at in ("", "*") or (step is not None and at == str(step))):
-        os.kill(os.getpid(), signal.SIGKILL)
+    conds = want.split("&")
+    for cond in conds:
+        where, _, at = cond.partition(":")
+        if where == name and (at in ("", "*") or (step is not None and at == str(step))):
+            with _REACHED_LOCK:
+                _REACHED.add(cond)
+                if _REACHED >= set(conds):
+                    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
