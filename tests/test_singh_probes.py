@@ -141,6 +141,7 @@ def _run(name: str, names=ES):
         cfg = _cfg(name)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(probes, "compile_options", lambda: FAST)
+            mp.setattr(probes._population, "compile_options", lambda: FAST)  # its sampler
             ctx = probes.make_context(cfg, names=names)
             p = jax.tree.map(lambda x: x[None], get_model(name).init(jax.random.PRNGKey(0), cfg))
             out = jax.device_get(probes.make_prober(ctx, names)(p, p))
@@ -368,6 +369,7 @@ def test_walk_composition_is_exact_without_residual_and_layernorm(extra, aggrega
     cfg = preset("F", TINY + ["model.d_model=20", "model.n_heads=2", *extra])
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(probes, "compile_options", lambda: FAST)
+        mp.setattr(probes._population, "compile_options", lambda: FAST)  # its sampler
         ctx = probes.make_context(cfg, vocab_probes=False, names=("walk",))
         p0 = get_model(cfg.model.name).init(jax.random.PRNGKey(0), cfg)
         rng = np.random.default_rng(1)
@@ -407,6 +409,7 @@ def test_class_ceiling_between_the_floor_and_a_trained_embedding_only_model(tmp_
     run = tmp_path / "r"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(probes, "compile_options", lambda: FAST)
+        mp.setattr(probes._population, "compile_options", lambda: FAST)  # its sampler
         train(cfg, run, progress=False, on_checkpoint=CheckpointProber(cfg, run))
     last = read_probes(run)[-1]
     assert last["step"] == 300

@@ -56,6 +56,7 @@ def _context(case):
     cfg = _cfg(case)
     with pytest.MonkeyPatch.context() as mp:  # the same sampler program, compiled faster
         mp.setattr(probes, "compile_options", lambda: FAST)
+        mp.setattr(probes._population, "compile_options", lambda: FAST)  # its sampler
         ctx = make_context(cfg)
     assert ctx.vocab is not None, "the vocabulary-space probes should cover this model"
     return ctx, dataclasses.replace(ctx, vocab=None)
@@ -166,6 +167,7 @@ def test_prober_over_seeds_equals_generic_prober():
     params, params0 = stack(pa, pb), stack(p0, p0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(probes, "compile_options", lambda: FAST)
+        mp.setattr(probes._population, "compile_options", lambda: FAST)  # its sampler
         got = jax.device_get(make_prober(ctx_v)(params, params0))
         want = jax.device_get(make_prober(ctx_g)(params, params0))
     assert any(k.startswith("attention/") for k in want) and "loss/eval_loss" in want

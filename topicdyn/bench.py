@@ -286,8 +286,8 @@ def case_parts(c: dict) -> dict:
             "train_mflop_per_step": flops / 1e6, "train_gflop_per_s": flops / t_us / 1e3}
 
 
-CASES = {"step": case_step, "parts": case_parts, "run": case_run, "loss": case_loss, "matmul": case_matmul,
-         "scaling": case_scaling}
+CASES = {"step": case_step, "parts": case_parts, "run": case_run, "loss": case_loss,
+         "matmul": case_matmul, "scaling": case_scaling}
 
 
 def run_case(c: dict) -> dict:

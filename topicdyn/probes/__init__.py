@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from topicdyn.config import Config
-from topicdyn.data import eval_data, topic_labels, unigram
-from topicdyn.masking import MLMBatch, sample_batch
+from topicdyn.data import topic_labels, unigram
+from topicdyn.masking import MLMBatch
 from topicdyn.models import get_variant
 from topicdyn.models.layers import query_key_mask
 from topicdyn.models.variant import CAUSAL, MLM, VALUE_MAP
@@ -32,8 +32,7 @@ from topicdyn.probes import population as _population
 from topicdyn.probes import reference_stat as _reference
 from topicdyn.probes import vocab as _vocab
 from topicdyn.probes.stats import attention_stats, block_stats, center_rows, stable_rank
-from topicdyn.theory.cache import memoized
-from topicdyn.training import EVAL_STREAM, masked_loss, stream_key
+from topicdyn.training import EVAL_STREAM, masked_loss
 from topicdyn.xla import compile_options, device_array
 
 PROBES: dict[str, Callable] = {}
@@ -81,22 +80,9 @@ class ProbeContext:
 def eval_batch(cfg: Config) -> MLMBatch:
     """The run's fixed evaluation documents: train.n_eval documents from its eval stream,
     identical at every checkpoint and for the eval-set theory values (verdicts); for a corpus,
-    windows of its held-out articles. Generated documents are kept in the theory's
-    content-keyed cache (a run's probes, verdicts and figures, and the next run of the config,
-    sample them once)."""
-    if cfg.data.source == "lda":
-        return jax.tree.map(device_array, _lda_eval_batch(cfg, cfg.train.seed, cfg.train.n_eval))
-    return _sample_eval(cfg, cfg.train.seed, cfg.train.n_eval)
-
-
-def _sample_eval(cfg: Config, seed: int, n_eval: int) -> MLMBatch:
-    return jax.jit(sample_batch, static_argnums=(1, 2, 3), compiler_options=compile_options())(
-        stream_key(seed, EVAL_STREAM), eval_data(cfg.data), cfg.mask, n_eval)
-
-
-@memoized(("data", "mask"))
-def _lda_eval_batch(cfg: Config, seed: int, n_eval: int) -> MLMBatch:
-    return jax.device_get(_sample_eval(cfg, seed, n_eval))
+    windows of its held-out articles (population.stream_documents: cached)."""
+    return jax.tree.map(device_array,
+                        _population.stream_documents(cfg, EVAL_STREAM, cfg.train.n_eval))
 
 
 def make_context(cfg: Config, with_bayes: bool = True,
@@ -126,13 +112,11 @@ def make_context(cfg: Config, with_bayes: bool = True,
     vc = _vocab.prepare(cfg, batch, labels, bayes, visible) if vocab_probes else None
     ref = None
     if _reference.applies(cfg):
-        rb = _reference.reference_batch(cfg, batch)
-        ref = {"batch": jax.tree.map(device_array, rb),
-               "labels": device_array(_reference.reference_labels(cfg)),
+        rb, theirs = _reference.reference_batch(cfg, batch), _reference.reference_labels(cfg)
+        ref = {"batch": jax.tree.map(device_array, rb), "labels": device_array(theirs),
                "labels_fixed": device_array(labels)}  # the correct topics (specials -1)
         if vc is not None:  # the vocabulary-space form, read where the vocab probes run
-            ref["rows"] = _reference.prepare_rows(cfg, rb, _reference.reference_labels(cfg),
-                                                  labels)
+            ref["rows"] = _reference.prepare_rows(cfg, rb, theirs, labels)
     es = None
     from topicdyn.probes.singh import ES_PROBES
     if set(names or cfg.train.probes) & set(ES_PROBES) and cfg.mask.objective == "mlm":

@@ -27,6 +27,7 @@ from topicdyn.data import eval_data
 from topicdyn.masking import QUERY_KINDS, MLMBatch, sample_batch
 from topicdyn.models import get_variant
 from topicdyn.models.fast import fast_supported, row_logits, vocab_tables
+from topicdyn.probes.stats import doc_token_counts
 from topicdyn.theory.cache import memoized
 from topicdyn.training import POP_EVAL_STREAM, stream_key
 from topicdyn.xla import compile_options, device_array
@@ -35,23 +36,31 @@ KINDS = tuple(QUERY_KINDS.items())
 CHUNK_DOCS = 100  # generic path: documents per forward pass
 
 
-def pop_batch(cfg: Config):
-    """The n_pop_eval documents (numpy MLMBatch, read-only), drawn from the population-eval
-    stream; generated documents are kept in the theory's content-keyed cache."""
+def stream_documents(cfg: Config, stream: int, n: int):
+    """n documents of the run's stream `stream` (numpy MLMBatch, read-only), e.g. the fixed
+    evaluation set or the population sample. Generated documents are kept in the theory's
+    content-keyed cache: a run's probes, verdicts and figures, and the next run of the config,
+    sample them once."""
     if cfg.data.source == "lda":
-        return _lda_pop_batch(cfg, cfg.train.seed, cfg.train.n_pop_eval)
-    return _sample_pop(cfg, cfg.train.seed, cfg.train.n_pop_eval)
+        return _lda_documents(cfg, stream, cfg.train.seed, n)
+    return _sample(cfg, stream, cfg.train.seed, n)
 
 
-def _sample_pop(cfg: Config, seed: int, n: int):
+def _sample(cfg: Config, stream: int, seed: int, n: int):
     return jax.device_get(jax.jit(sample_batch, static_argnums=(1, 2, 3),
                                   compiler_options=compile_options())(
-        stream_key(seed, POP_EVAL_STREAM), eval_data(cfg.data), cfg.mask, n))
+        stream_key(seed, stream), eval_data(cfg.data), cfg.mask, n))
 
 
 @memoized(("data", "mask"))
-def _lda_pop_batch(cfg: Config, seed: int, n: int):
-    return _sample_pop(cfg, seed, n)
+def _lda_documents(cfg: Config, stream: int, seed: int, n: int):
+    return _sample(cfg, stream, seed, n)
+
+
+def pop_batch(cfg: Config):
+    """The n_pop_eval documents (numpy MLMBatch, read-only), drawn from the population-eval
+    stream."""
+    return stream_documents(cfg, POP_EVAL_STREAM, cfg.train.n_pop_eval)
 
 
 def uniform_attention(cfg: Config) -> bool:
@@ -60,14 +69,6 @@ def uniform_attention(cfg: Config) -> bool:
     from topicdyn.models.variant import UNIFORM_ATTENTION
 
     return UNIFORM_ATTENTION in get_variant(cfg.model.name).traits(cfg)
-
-
-def _key_counts(b, nv: int) -> np.ndarray:
-    """(D, nv) counts of each token among the key positions of each document (numpy)."""
-    inputs, keys = np.asarray(b.inputs), np.asarray(b.key_mask).astype(bool)
-    d = np.nonzero(keys)[0]
-    return np.bincount(d * nv + inputs[keys], minlength=inputs.shape[0] * nv).reshape(
-        -1, nv).astype(np.float32)
 
 
 def prepare(cfg: Config) -> dict | None:
@@ -88,7 +89,8 @@ def prepare(cfg: Config) -> dict | None:
         np.add.at(counts, (inv.reshape(-1), y), 1.0)
         # the documents' key counts are fixed: counted once here, not at every checkpoint
         return {"rows": True, "uniform": uniform_attention(cfg),
-                "key_counts": device_array(_key_counts(b, cfg.data.n_vocab)),
+                "key_counts": device_array(doc_token_counts(b.inputs, b.key_mask,
+                                                           cfg.data.n_vocab), np.float32),
                 "row_doc": device_array(keys[:, 0], np.int32),
                 "row_x": device_array(keys[:, 1], np.int32),
                 "row_kind": device_array(keys[:, 2], np.int32),

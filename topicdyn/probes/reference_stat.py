@@ -36,11 +36,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from topicdyn.models.fast import NEG_INF, fast_supported
-from topicdyn.xla import device_array
-
 from topicdyn.config import Config
 from topicdyn.masking import MLMBatch
+from topicdyn.models.fast import NEG_INF, fast_supported
+from topicdyn.probes.stats import doc_token_counts
+from topicdyn.xla import device_array
 
 CUT = 100  # tokens per document in their statistic
 N_SPECIAL = 4  # their vocabulary: PAD, MASK, START, END, then the words
@@ -120,10 +120,8 @@ def prepare_rows(cfg: Config, rb: MLMBatch, labels: np.ndarray,
     if not fast_supported(cfg):
         return None
     nv = cfg.data.n_vocab
-    tokens, ok = np.asarray(rb.inputs), np.asarray(rb.valid).astype(bool)
-    B = tokens.shape[0]
-    c = np.bincount(np.nonzero(ok)[0] * nv + tokens[ok], minlength=B * nv).reshape(B, nv)
-    c = c.astype(np.float64)
+    ok = np.asarray(rb.valid).astype(bool)
+    c = doc_token_counts(rb.inputs, ok, nv)  # every position is a query and a key
     r_doc, r_x = np.nonzero(c)  # (document, token) cells: every position is a query
     cr = c[r_doc]
     coef = c[r_doc, r_x] * (ok.sum(1) / CUT)[r_doc]  # queries of the cell x their len / 100

@@ -17,6 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def doc_token_counts(tokens, mask, nv: int) -> np.ndarray:
+    """(B, nv) float counts of each token among the positions of each document where mask
+    holds (numpy; tokens, mask (B, L))."""
+    tokens, mask = np.asarray(tokens), np.asarray(mask).astype(bool)
+    ids = np.nonzero(mask)[0] * nv + tokens[mask]
+    return np.bincount(ids, minlength=tokens.shape[0] * nv).reshape(-1, nv).astype(np.float64)
+
+
 def group_masks(word_topic: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(diag, same-topic off-diagonal, cross-topic) boolean masks, each (V, V)."""
     wt = np.asarray(word_topic)

@@ -27,6 +27,7 @@ import numpy as np
 from topicdyn.config import Config
 from topicdyn.masking import SHOW_MASK
 from topicdyn.models.fast import NEG_INF, fast_supported, row_logits, vocab_tables
+from topicdyn.probes.stats import doc_token_counts
 from topicdyn.xla import device_array
 
 
@@ -39,12 +40,8 @@ def prepare(cfg: Config, batch, labels: np.ndarray, bayes_logp,
     inputs, targets = np.asarray(batch.inputs), np.asarray(batch.targets)
     keys, sel = np.asarray(batch.key_mask), np.asarray(batch.selected)
     qok = np.asarray(batch.valid) & (inputs < V)
-    B = inputs.shape[0]
-    c = np.zeros((B, nv))
-    m = np.zeros((B, nv))
-    for b in range(B):
-        c[b] = np.bincount(inputs[b][keys[b]], minlength=nv)
-        m[b] = np.bincount(inputs[b][qok[b]], minlength=nv)
+    c = doc_token_counts(inputs, keys, nv)
+    m = doc_token_counts(inputs, qok, nv)
     n = c.sum(1)
     # the (document, query token) cells that hold a query: a document shows few distinct words,
     # so these rows are a small share of all B x nv cells
