@@ -72,6 +72,19 @@ def small_png(src: Path, dst: Path) -> None:
 
 
 # ---- the report -----------------------------------------------------------------------------
+CROSS_FIGURES = ("two_stage_init_scale.png", "attention_labelling.png")
+
+
+def clear_own_figures(fig_dir: Path) -> None:
+    """Remove the figures this report writes (one folder per experiment, the cross-experiment
+    files) and nothing else: results/figures/ also holds the embedding-space and real-text
+    scripts' figures."""
+    for exp in EXPERIMENTS:
+        shutil.rmtree(fig_dir / exp.name, ignore_errors=True)
+    for f in CROSS_FIGURES:
+        (fig_dir / f).unlink(missing_ok=True)
+
+
 def write_results(data: dict, results: Path, out_root: Path, meta: dict,
                   root: Path | None = None) -> None:
     """Write results/REPORT.md, summary.json and figures/; run paths are shown relative to
@@ -80,7 +93,7 @@ def write_results(data: dict, results: Path, out_root: Path, meta: dict,
 
     root = Path.cwd() if root is None else root
     fig_dir = results / "figures"
-    shutil.rmtree(fig_dir, ignore_errors=True)
+    clear_own_figures(fig_dir)
     for exp in EXPERIMENTS:
         for f in exp.figures:
             src = out_root / exp.name / "figures" / f
