@@ -121,7 +121,7 @@ def make_context(cfg: Config, with_bayes: bool = True,
     from topicdyn.probes.singh import ES_PROBES
     if set(names or cfg.train.probes) & set(ES_PROBES) and cfg.mask.objective == "mlm":
         from topicdyn.probes.singh_setup import prepare as es_prepare
-        es = {k: (jax.tree.map(jnp.asarray, v) if isinstance(v, (MLMBatch, np.ndarray)) else v)
+        es = {k: (jax.tree.map(device_array, v) if isinstance(v, (MLMBatch, np.ndarray)) else v)
               for k, v in es_prepare(cfg, jax.device_get(batch), visible).items()}
     return ProbeContext(cfg, batch, wt, device_array(labels), device_array(uni / uni.sum()),
                         bayes, visible, vc, _population.prepare(cfg), ref, es)
